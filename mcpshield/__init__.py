@@ -1,0 +1,3 @@
+"""mcpshield: a security boundary around local stdio MCP servers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m mcpshield` is the `mcpshield` command."""
+
+from mcpshield.cli import main
+
+raise SystemExit(main())

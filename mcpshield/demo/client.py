@@ -1,0 +1,101 @@
+"""`mcpshield demo`: wraps the demo server with `mcpshield run` and drives it with a scripted
+client, printing what passed through and what mcpshield refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import IO, Any, Final
+
+#: The demo's bound on any one answer; the demo server answers in milliseconds.
+ANSWER_TIMEOUT_S: Final = 10.0
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+class _Peer:
+    """The client side of the pipe to `mcpshield run`."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdin and proc.stdout
+        self.proc = proc
+        self._in: IO[bytes] = proc.stdin
+        self._out: IO[bytes] = proc.stdout
+
+    def send_raw(self, line: bytes) -> None:
+        self._in.write(line + b"\n")
+        self._in.flush()
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_raw(json.dumps(message).encode())
+
+    def receive(self) -> dict[str, Any]:
+        line = self._out.readline()
+        if not line:
+            raise RuntimeError("mcpshield closed its stdout")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+
+def _show(label: str, answer: dict[str, Any]) -> None:
+    if "error" in answer:
+        _say(f"  {label:<34} refused: {answer['error']['code']} {answer['error']['message']}")
+        return
+    result = answer["result"]
+    if "tools" in result:
+        _say(f"  {label:<34} passed: tools {', '.join(t['name'] for t in result['tools'])}")
+    elif "content" in result:
+        _say(f"  {label:<34} passed: {result['content'][0]['text'][:70]}")
+    else:
+        _say(f"  {label:<34} passed: {json.dumps(result)[:70]}")
+
+
+def _script(peer: _Peer) -> None:
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "demo", "version": "1"}}
+    steps: list[tuple[str, bytes]] = [
+        ("initialize", _request(1, "initialize", init)),
+        ("tools/list", _request(2, "tools/list", {})),
+        ("tools/call echo", _request(3, "tools/call", {"name": "echo", "arguments": {"text": "hello"}})),
+        ("tools/call add", _request(4, "tools/call", {"name": "add", "arguments": {"a": 2, "b": 40}})),
+        ("tools/call whoami (environment)", _request(5, "tools/call", {"name": "whoami", "arguments": {}})),
+        ("tools/call noisy (stray stdout)", _request(6, "tools/call", {"name": "noisy", "arguments": {}})),
+        ("a line that is not JSON", b"this is not json"),
+        ("a JSON-RPC batch", b'[{"jsonrpc":"2.0","id":7,"method":"ping"}]'),
+        ("a request with a duplicate key", b'{"jsonrpc":"2.0","id":8,"method":"tools/call","method":"ping"}'),
+    ]
+    peer.send_raw(steps[0][1])
+    _show(steps[0][0], peer.receive())
+    peer.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    for label, line in steps[1:]:
+        peer.send_raw(line)
+        _show(label, peer.receive())
+
+
+def _request(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode()
+
+
+def main() -> int:
+    server = [sys.executable, "-m", "mcpshield.demo.server"]
+    command = [sys.executable, "-m", "mcpshield", "run", "--", *server]
+    _say("$ mcpshield run -- " + " ".join(server))
+    # A secret in mcpshield's own environment that the server must not see.
+    env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "demo-not-a-real-key"}
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    peer = _Peer(proc)
+    started = time.monotonic()
+    try:
+        _script(peer)
+    finally:
+        assert proc.stdin
+        proc.stdin.close()
+        status = proc.wait(timeout=ANSWER_TIMEOUT_S)
+    _say(f"client closed the pipe; mcpshield exited with the server's status {status}")
+    _say(f"(whole session {1000 * (time.monotonic() - started):.0f} ms; mcpshield's notes went to stderr above)")
+    return 0 if status == 0 else 1

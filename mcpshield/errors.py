@@ -1,0 +1,41 @@
+"""The one error tree of mcpshield; every message is written for the user.
+
+    ShieldError                 anything mcpshield refuses to do, with a `tip`
+    ├── UsageError              the command line does not say something runnable
+    ├── LaunchError             the server could not be started
+    └── UnsupportedPlatform     this OS lacks what the feature needs
+
+The CLI prints `mcpshield: <message>` and `Tip: <tip>` and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class ShieldError(Exception):
+    """A refusal the user can act on: `str(err)` says what, `tip` says what to do next."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, tip: str) -> None:
+        super().__init__(message)
+        self.tip = tip
+
+
+class UsageError(ShieldError):
+    """The command line is malformed or incomplete."""
+
+    exit_code = 2
+
+
+class LaunchError(ShieldError):
+    """The wrapped server could not be started (not found, not executable, ...)."""
+
+    def __init__(self, message: str, tip: str, exit_code: int = 127) -> None:
+        super().__init__(message, tip)
+        self.exit_code = exit_code
+
+
+class UnsupportedPlatform(ShieldError):
+    """The running OS lacks a primitive the feature needs."""
+
+    exit_code = 3

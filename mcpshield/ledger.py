@@ -1,0 +1,75 @@
+"""The ledger: requests in flight in one direction, so each answer is judged by its request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from mcpshield.jsonrpc import JsonId, Message, arguments_hash, id_key
+
+#: Requests one peer may keep in flight; past it a peer is flooding, not working.
+MAX_IN_FLIGHT: Final = 10_000
+
+
+@dataclass(slots=True)
+class Entry:
+    """One request in flight: what it asked, and when it was sent."""
+
+    id: JsonId
+    method: str
+    tool: str | None
+    args_hash: str | None
+    started: float
+    cancelled: bool = False
+
+
+class Ledger:
+    """Requests sent by one peer and not yet answered, keyed by id."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[bool, JsonId], Entry] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, msg_id: JsonId) -> bool:
+        return id_key(msg_id) in self._entries
+
+    def open(self, msg: Message, now: float) -> Entry | None:
+        """Records a request; None if its id is already in flight or the ledger is full."""
+        assert msg.id is not None and msg.method is not None
+        key = id_key(msg.id)
+        if key in self._entries or len(self._entries) >= MAX_IN_FLIGHT:
+            return None
+        tool = None
+        args_hash = None
+        if msg.method == "tools/call":
+            params = msg.params
+            name = params.get("name")
+            tool = name if isinstance(name, str) else None
+            args_hash = arguments_hash(params.get("arguments", {}))
+        entry = Entry(msg.id, msg.method, tool, args_hash, now)
+        self._entries[key] = entry
+        return entry
+
+    def close(self, msg_id: JsonId) -> Entry | None:
+        """Removes and returns the request an answer belongs to; None if nobody sent it."""
+        return self._entries.pop(id_key(msg_id), None)
+
+    def get(self, msg_id: JsonId) -> Entry | None:
+        return self._entries.get(id_key(msg_id))
+
+    def cancel(self, msg_id: JsonId) -> Entry | None:
+        """Marks a request withdrawn by its sender, whose late answer is then dropped."""
+        entry = self._entries.get(id_key(msg_id))
+        if entry is not None:
+            entry.cancelled = True
+        return entry
+
+    def drain(self) -> list[Entry]:
+        """Empties the ledger, returning what was still in flight."""
+        entries = list(self._entries.values())
+        self._entries.clear()
+        return entries
