@@ -1,9 +1,11 @@
 """A tiny scriptable MCP server on stdio, stdlib only, for driving mcpshield in tests.
 
-Run as ``python tests/fake_server.py [--banner] [--linger]``:
+Run as ``python tests/fake_server.py [--banner] [--linger] [--ignore-cancel] [--record FILE]``:
 
 ``--banner``  print the non-JSON line ``fake-server starting up`` on stdout before anything else.
 ``--linger``  ignore stdin EOF and sleep until killed, like servers that never exit on EOF.
+``--ignore-cancel``  answer a ``sleep`` even after its cancellation (a late answer a relay must drop).
+``--record FILE``  append every line read from stdin to FILE, byte for byte.
 
 It answers ``server/discover`` with -32601 so clients fall back to ``initialize``, then serves
 ``ping``, ``tools/list`` and ``tools/call`` for the tools in ``TOOLS`` (see each description).
@@ -22,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 JSON = dict[str, Any]
 RequestId = str | int | float
@@ -56,6 +58,8 @@ class FakeServer:
         self._cancel_events: dict[RequestId, threading.Event] = {}
         self._client_replies: dict[str, tuple[threading.Event, list[JSON]]] = {}
         self._next_server_id = 0
+        self.ignore_cancel = False
+        self.record: BinaryIO | None = None
         # Keeps Popen objects alive so they never warn about a still-running child.
         self._grandchildren: list[subprocess.Popen[bytes]] = []
 
@@ -89,6 +93,9 @@ class FakeServer:
 
     def serve(self, linger: bool) -> None:
         for line in sys.stdin.buffer:
+            if self.record is not None:
+                self.record.write(line)
+                self.record.flush()
             if line.strip():
                 self.handle_line(line)
         if linger:
@@ -184,7 +191,10 @@ class FakeServer:
         cancelled = event.wait(ms / 1000)
         with self._state_lock:
             self._cancel_events.pop(req_id, None)
-        if cancelled:
+        if cancelled and self.ignore_cancel:
+            time.sleep(ms / 1000)
+            self.respond(req_id, text_result(f"slept {ms} ms despite the cancellation"))
+        elif cancelled:
             sys.stderr.write(f"cancelled {req_id}\n")
             sys.stderr.flush()
         else:
@@ -279,9 +289,7 @@ def tool_progress(server: FakeServer, req_id: RequestId, arguments: JSON, params
     token = (params.get("_meta") or {}).get("progressToken")
     if token is not None:
         for step in range(1, steps + 1):
-            server.notify(
-                "notifications/progress", {"progressToken": token, "progress": step, "total": steps}
-            )
+            server.notify("notifications/progress", {"progressToken": token, "progress": step, "total": steps})
     return text_result(f"done {steps} steps")
 
 
@@ -305,9 +313,7 @@ def tool_env(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSO
     return text_result(json.dumps(dict(os.environ)))
 
 
-def tool_spawn_grandchild(
-    server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON
-) -> JSON | None:
+def tool_spawn_grandchild(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
     return text_result(str(server.spawn_grandchild(bool(arguments.get("new_session", False)))))
 
 
@@ -343,9 +349,7 @@ STR = {"type": "string"}
 TOOLS: dict[str, Tool] = {
     "echo": Tool("Return the text.", tool_echo, {"text": STR}, ("text",)),
     "big": Tool("Return a text of `size` bytes.", tool_big, {"size": INT}, ("size",)),
-    "sleep": Tool(
-        "Answer after `ms` milliseconds, never if cancelled first.", tool_sleep, {"ms": INT}, ("ms",)
-    ),
+    "sleep": Tool("Answer after `ms` milliseconds, never if cancelled first.", tool_sleep, {"ms": INT}, ("ms",)),
     "ask_client": Tool(
         "Send `method` to the client and return its result or error as JSON text.",
         tool_ask_client,
@@ -374,11 +378,19 @@ TOOLS: dict[str, Tool] = {
 
 
 def main(argv: list[str]) -> int:
-    unknown = [arg for arg in argv if arg not in ("--banner", "--linger")]
+    record = None
+    if "--record" in argv:
+        at = argv.index("--record")
+        record = argv[at + 1]
+        argv = argv[:at] + argv[at + 2 :]
+    unknown = [arg for arg in argv if arg not in ("--banner", "--linger", "--ignore-cancel")]
     if unknown:
         sys.stderr.write(f"fake-server: unknown flags {unknown}; see the module docstring\n")
         return 2
     server = FakeServer()
+    server.ignore_cancel = "--ignore-cancel" in argv
+    if record is not None:
+        server.record = open(record, "ab")  # noqa: SIM115 - open for the whole life of the server
     if "--banner" in argv:
         server.write_raw(b"fake-server starting up\n")
     sys.stderr.write("fake-server: ready\n")

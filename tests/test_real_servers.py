@@ -26,7 +26,6 @@ from pydantic import FileUrl
 from realservers import (
     CLIENT_SCRIPT,
     EXIT_TIMEOUT,
-    LONG_CALL,
     READ_TIMEOUT,
     REPO_ROOT,
     ServerCommand,
@@ -90,9 +89,7 @@ def probe(request: pytest.FixtureRequest, tmp_path: Path) -> Probe:
         conversion = {"source_timezone": "Europe/Paris", "time": "12:00", "target_timezone": "Asia/Tokyo"}
         return Probe(time_server(), (("convert_time", conversion),))
     repo = make_git_repo(tmp_path / "repo")
-    return Probe(
-        git_server(repo), (("git_status", {"repo_path": str(repo)}), ("git_log", {"repo_path": str(repo)}))
-    )
+    return Probe(git_server(repo), (("git_status", {"repo_path": str(repo)}), ("git_log", {"repo_path": str(repo)})))
 
 
 async def _listing(params: StdioServerParameters) -> tuple[str, list[tuple[str, JSON]]]:
@@ -105,9 +102,7 @@ async def _listing(params: StdioServerParameters) -> tuple[str, list[tuple[str, 
 async def _results(params: StdioServerParameters, calls: tuple[tuple[str, JSON], ...]) -> list[JSON]:
     with anyio.fail_after(SESSION_TIMEOUT):
         async with Client(params) as client:
-            return [
-                (await client.call_tool(name, arguments)).model_dump(mode="json") for name, arguments in calls
-            ]
+            return [(await client.call_tool(name, arguments)).model_dump(mode="json") for name, arguments in calls]
 
 
 def _text(result: types.CallToolResult) -> str:
@@ -133,9 +128,7 @@ async def test_sampling_request_reaches_the_client_callback_through_the_wrapper(
         content = params.messages[0].content
         prompts.append(content.text if isinstance(content, types.TextContent) else "")
         reply = types.TextContent(type="text", text="a canned completion")
-        return types.CreateMessageResult(
-            role="assistant", content=reply, model="fake-model", stop_reason="endTurn"
-        )
+        return types.CreateMessageResult(role="assistant", content=reply, model="fake-model", stop_reason="endTurn")
 
     with anyio.fail_after(SESSION_TIMEOUT):
         async with Client(wrapped(everything()), sampling_callback=sample) as client:
@@ -164,9 +157,7 @@ async def test_roots_request_and_its_log_message_cross_the_wrapper() -> None:
         logged.append(str(params.data))
 
     with anyio.fail_after(SESSION_TIMEOUT):
-        async with Client(
-            wrapped(everything()), list_roots_callback=list_roots, logging_callback=log
-        ) as client:
+        async with Client(wrapped(everything()), list_roots_callback=list_roots, logging_callback=log) as client:
             result = await client.call_tool("get-roots-list", {})
     assert "URI: file:///srv/project" in _text(result)
     # The server sends this log line before it answers, and the relay keeps order.
@@ -209,9 +200,9 @@ async def test_a_cancelled_call_leaves_the_wrapped_session_usable() -> None:
     with anyio.fail_after(SESSION_TIMEOUT):
         async with Client(wrapped(everything())) as client:
             async with anyio.create_task_group() as group:
-                group.start_soon(
-                    client.call_tool, "trigger-long-running-operation", LONG_CALL, None, on_progress
-                )
+                # The server runs a cancelled call to its end; a short one lets it exit promptly after.
+                arguments = {"duration": 1, "steps": 10}
+                group.start_soon(client.call_tool, "trigger-long-running-operation", arguments, None, on_progress)
                 await running.wait()
                 group.cancel_scope.cancel()
             result = await client.call_tool("echo", {"message": "still here"})
@@ -227,9 +218,7 @@ async def test_a_cancelled_request_is_never_answered_through_the_wrapper() -> No
         }
         await session.send({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params})
         seen = await session.receive_until("notifications/progress")
-        await session.send(
-            {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}}
-        )
+        await session.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 7}})
         # The server keeps reporting progress for the cancelled call and would answer right after
         # the last step; a ping sent after that step is answered after any such answer.
         while seen[-1].get("params", {}).get("progress") != 5:
@@ -241,6 +230,15 @@ async def test_a_cancelled_request_is_never_answered_through_the_wrapper() -> No
 
 async def test_ten_megabytes_cross_the_wrapper_both_ways_intact() -> None:
     message = "".join(chr(ord("a") + i % 26) for i in range(TEN_MB))
+    with anyio.fail_after(SESSION_TIMEOUT):
+        async with Client(wrapped(everything())) as client:
+            result = await client.call_tool("echo", {"message": message})
+    assert _text(result) == f"Echo: {message}"
+
+
+async def test_line_separators_inside_strings_cross_the_wrapper_unchanged() -> None:
+    # Raw U+2028, U+2029 and U+0085 are legal inside a JSON line; only \n ends a message.
+    message = "one\u2028two\u2029three\u0085four\r five é 😀"
     with anyio.fail_after(SESSION_TIMEOUT):
         async with Client(wrapped(everything())) as client:
             result = await client.call_tool("echo", {"message": message})
@@ -266,21 +264,22 @@ async def test_two_hundred_concurrent_calls_each_get_their_own_answer_through_th
 @pytest.mark.parametrize("launch", LAUNCHES)
 async def test_ending_an_sdk_client_session_leaves_no_process_behind(launch: Launch) -> None:
     recorded: list[psutil.Process] = []
+    before = {child.pid for child in psutil.Process().children()}
     try:
         with anyio.fail_after(SESSION_TIMEOUT):
             async with Client(wrapped(launch())) as client:
                 await client.call_tool("echo", {"message": "bye"})
-                recorded = _wrapper_trees()
-        assert recorded, "found no mcpshield process under the test"
+                recorded = _trees_of_children_not_in(before)
+        assert recorded, "found no wrapper process under the test"
         survivors = await survivors_after(recorded)
         assert not survivors, f"left behind: {describe(survivors)}"
     finally:
         kill_all(recorded)
 
 
-def _wrapper_trees() -> list[psutil.Process]:
-    wrappers = [child for child in psutil.Process().children() if "mcpshield" in " ".join(child.cmdline())]
-    return [process for wrapper in wrappers for process in tree(wrapper.pid)]
+def _trees_of_children_not_in(before: set[int]) -> list[psutil.Process]:
+    new = [child.pid for child in psutil.Process().children() if child.pid not in before]
+    return [process for pid in new for process in tree(pid)]
 
 
 @pytest.mark.parametrize("launch", LAUNCHES)
