@@ -22,6 +22,9 @@ import orjson
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 #: Bytes kept from each end of an oversized line, enough to find its top-level id.
 OVERSIZE_KEEP_BYTES: Final = 4096
+#: Lines up to this size are first checked for repeated keys by re-encoding them (compact
+#: senders match byte for byte, which proves no key repeats); larger ones skip that copy.
+REENCODE_CHECK_BYTES: Final = 64 * 1024
 #: How much of an offending line a report quotes; more floods the client's log.
 REPORT_EXCERPT_BYTES: Final = 160
 
@@ -44,20 +47,29 @@ class Kind(enum.Enum):
     RESPONSE = "response"
 
 
-@dataclass(frozen=True, slots=True)
 class Message:
-    """A decoded, well-formed JSON-RPC message and the exact bytes it arrived as."""
+    """A decoded, well-formed JSON-RPC message and the exact bytes it arrived as.
 
-    kind: Kind
-    raw: bytes
-    body: dict[str, Any]
-    id: JsonId | None
-    method: str | None
+    A plain slotted class, not a frozen dataclass: one is built per message on the hot path,
+    and a frozen dataclass's __init__ costs several times more. Treat it as immutable.
+    """
+
+    __slots__ = ("body", "id", "kind", "method", "raw")
+
+    def __init__(self, kind: Kind, raw: bytes, body: dict[str, Any], msg_id: JsonId | None, method: str | None) -> None:
+        self.kind = kind
+        self.raw = raw
+        self.body = body
+        self.id = msg_id
+        self.method = method
 
     @property
     def params(self) -> dict[str, Any]:
         params = self.body.get("params")
-        return params if isinstance(params, dict) else {}
+        return params if type(params) is dict else {}
+
+    def __repr__(self) -> str:
+        return f"Message({self.kind.value}, id={self.id!r}, method={self.method!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +199,11 @@ def decode(line: bytes) -> Message | DecodeFailure:
                 INVALID_REQUEST, "JSON-RPC batches are not accepted; send one message per line", _excerpt(line)
             )
         return DecodeFailure(INVALID_REQUEST, "a message must be a JSON object", _excerpt(line))
-    if _has_duplicate_keys(line, body):
+    try:
+        repeated = _has_duplicate_keys(line, body)
+    except RecursionError:
+        return _refused(line, body, "a message must not nest deeper than mcpshield checks")
+    if repeated:
         return _refused(line, body, "a message must not repeat an object key")
     return _classify(line, body)
 
@@ -207,6 +223,13 @@ def _refuse_constant(name: str) -> Any:
 
 def _has_duplicate_keys(line: bytes, body: dict[str, Any]) -> bool:
     """True if the text names more keys than the parsed value holds (parsers keep the last)."""
+    if len(line) <= REENCODE_CHECK_BYTES:
+        try:
+            if orjson.dumps(body) == line:
+                # The parsed value writes back to the very same bytes: nothing was dropped.
+                return False
+        except TypeError:  # integers beyond 64 bits, from the fallback parser
+            pass
     keys = _count_keys(body)
     if line.count(b":") == keys:
         # Every colon is a key separator at most; as many as parsed keys proves none repeats.
@@ -214,16 +237,25 @@ def _has_duplicate_keys(line: bytes, body: dict[str, Any]) -> bool:
     return _STRING.sub(b"", line).count(b":") != keys
 
 
-def _count_keys(value: Any) -> int:
+def _count_keys(obj: dict[str, Any]) -> int:
+    count = len(obj)
+    for value in obj.values():
+        kind = type(value)
+        if kind is dict:
+            count += _count_keys(value)
+        elif kind is list:
+            count += _count_list_keys(value)
+    return count
+
+
+def _count_list_keys(items: list[Any]) -> int:
     count = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is dict:
-            count += len(item)
-            stack.extend(v for v in item.values() if type(v) is dict or type(v) is list)
-        elif type(item) is list:
-            stack.extend(v for v in item if type(v) is dict or type(v) is list)
+    for value in items:
+        kind = type(value)
+        if kind is dict:
+            count += _count_keys(value)
+        elif kind is list:
+            count += _count_list_keys(value)
     return count
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from mcpshield.jsonrpc import JsonId, Message, arguments_hash, id_key
 
@@ -18,9 +18,15 @@ class Entry:
     id: JsonId
     method: str
     tool: str | None
-    args_hash: str | None
+    arguments: Any
     started: float
     cancelled: bool = False
+
+    @property
+    def args_hash(self) -> str | None:
+        """SHA-256 of the canonical arguments of a tool call; computed when asked for, since
+        most entries are closed without anyone asking."""
+        return None if self.tool is None else arguments_hash(self.arguments)
 
 
 class Ledger:
@@ -44,13 +50,13 @@ class Ledger:
         if key in self._entries or len(self._entries) >= MAX_IN_FLIGHT:
             return None
         tool = None
-        args_hash = None
+        arguments = None
         if msg.method == "tools/call":
             params = msg.params
             name = params.get("name")
-            tool = name if isinstance(name, str) else None
-            args_hash = arguments_hash(params.get("arguments", {}))
-        entry = Entry(msg.id, msg.method, tool, args_hash, now)
+            tool = name if type(name) is str else None
+            arguments = params.get("arguments", {})
+        entry = Entry(msg.id, msg.method, tool, arguments, now)
         self._entries[key] = entry
         return entry
 

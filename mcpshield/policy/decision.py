@@ -61,14 +61,17 @@ Decision = Allow | Deny | Rewrite | Ask
 ALLOW = Allow()
 
 
-@dataclass(frozen=True, slots=True)
 class Context:
     """What a check may know besides the message: the time, the way, and the request a
-    response answers (None for requests and notifications)."""
+    response answers (None for requests and notifications). Built once per message, so a
+    plain slotted class; treat it as immutable."""
 
-    now: float
-    direction: Direction
-    request: Entry | None = None
+    __slots__ = ("direction", "now", "request")
+
+    def __init__(self, now: float, direction: Direction, request: Entry | None = None) -> None:
+        self.now = now
+        self.direction = direction
+        self.request = request
 
 
 class Policy(Protocol):
