@@ -44,6 +44,12 @@ class _Peer:
 
 
 def _show(label: str, answer: dict[str, Any]) -> None:
+    if label.startswith("tools/call whoami"):
+        names = answer["result"]["content"][0]["text"].split(", ")
+        leaked = "AWS_SECRET_ACCESS_KEY" in names
+        verdict = "LEAKED" if leaked else "not passed"
+        _say(f"  {label:<34} passed: {len(names)} variables; AWS_SECRET_ACCESS_KEY {verdict}")
+        return
     if "error" in answer:
         _say(f"  {label:<34} refused: {answer['error']['code']} {answer['error']['message']}")
         return
@@ -87,15 +93,22 @@ def main() -> int:
     _say("$ mcpshield run -- " + " ".join(server))
     # A secret in mcpshield's own environment that the server must not see.
     env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "demo-not-a-real-key"}
-    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     peer = _Peer(proc)
     started = time.monotonic()
     try:
         _script(peer)
     finally:
-        assert proc.stdin
+        assert proc.stdin and proc.stderr
         proc.stdin.close()
         status = proc.wait(timeout=ANSWER_TIMEOUT_S)
+        notes = proc.stderr.read().decode("utf-8", "replace").splitlines()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
     _say(f"client closed the pipe; mcpshield exited with the server's status {status}")
-    _say(f"(whole session {1000 * (time.monotonic() - started):.0f} ms; mcpshield's notes went to stderr above)")
+    _say(f"whole session: {1000 * (time.monotonic() - started):.0f} ms\n")
+    _say("stderr (the server's own lines, and mcpshield's notes):")
+    for note in notes:
+        _say(f"  {note}")
     return 0 if status == 0 else 1

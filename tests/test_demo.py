@@ -1,0 +1,24 @@
+"""The demo that scripts/try shows a new user: it runs, and says what passed and what did not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_the_demo_shows_passes_refusals_and_a_clean_exit() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpshield", "demo"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    assert "tools/call add                     passed: 42" in out
+    assert "AWS_SECRET_ACCESS_KEY not passed" in out
+    assert "a JSON-RPC batch                   refused: -32600" in out
+    assert "a request with a duplicate key     refused: -32600" in out
+    assert "mcpshield exited with the server's status 0" in out
+    assert "mcpshield: kept non-JSON server output off the client's stdout: DEBUG: noisy tool called" in out
