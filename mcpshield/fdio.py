@@ -65,6 +65,9 @@ class FdReader:
         self._done = False
         self._thread: threading.Thread | None = None
         self._thread_gate = threading.Event()
+        # One reusable buffer: os.read would allocate (and, at this size, mmap) a new one per call.
+        self._buf = bytearray(READ_CHUNK)
+        self._view = memoryview(self._buf)
 
     def start(self) -> None:
         if is_pollable(self._fd):
@@ -99,11 +102,12 @@ class FdReader:
 
     def _readable(self) -> None:
         try:
-            data = os.read(self._fd, READ_CHUNK)
+            size = os.readv(self._fd, (self._buf,))
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
+            size = 0
+        data = self._view[:size].tobytes()
         if data:
             self._on_data(data)
         else:

@@ -47,6 +47,12 @@ class Kind(enum.Enum):
     RESPONSE = "response"
 
 
+# Module-level aliases: reading an enum member off its class costs ~70 ns, ten times a global.
+REQUEST: Final = Kind.REQUEST
+NOTIFICATION: Final = Kind.NOTIFICATION
+RESPONSE: Final = Kind.RESPONSE
+
+
 class Message:
     """A decoded, well-formed JSON-RPC message and the exact bytes it arrived as.
 
@@ -90,11 +96,6 @@ class Oversized:
     size: int
     head: bytes
     tail: bytes
-
-
-def id_key(msg_id: JsonId) -> tuple[bool, JsonId]:
-    """A dict key that keeps the string id "1" apart from the number id 1."""
-    return (isinstance(msg_id, str), msg_id)
 
 
 class LineFramer:
@@ -260,28 +261,31 @@ def _count_list_keys(items: list[Any]) -> int:
 
 
 def _classify(line: bytes, body: dict[str, Any]) -> Message | DecodeFailure:
-    if body.get("jsonrpc") != "2.0":
+    get = body.get
+    if get("jsonrpc") != "2.0":
         return _refused(line, body, 'a message must carry "jsonrpc": "2.0"')
-    params = body.get("params")
+    params = get("params")
     if params is not None and type(params) is not dict:
         return _refused(line, body, "params must be an object")
-    method = body.get("method")
-    has_id = "id" in body
-    msg_id = body.get("id")
+    method = get("method")
+    msg_id = get("id", _ABSENT)
+    id_type = type(msg_id)
     if method is not None:
         if type(method) is not str:
             return _refused(line, body, "method must be a string")
-        if not has_id:
-            return Message(Kind.NOTIFICATION, line, body, None, method)
-        if not _valid_id(msg_id):
+        if msg_id is _ABSENT:
+            return Message(NOTIFICATION, line, body, None, method)
+        if id_type is not str and id_type is not int:
             return _refused(line, body, "a request id must be a string or an integer")
-        return Message(Kind.REQUEST, line, body, msg_id, method)
-    has_result = "result" in body
-    if has_result == ("error" in body) or not has_id:
+        return Message(REQUEST, line, body, msg_id, method)
+    if msg_id is _ABSENT or ("result" in body) == ("error" in body):
         return _refused(line, body, "a response needs an id and exactly one of result or error")
-    if msg_id is not None and not _valid_id(msg_id):
+    if msg_id is not None and id_type is not str and id_type is not int:
         return _refused(line, body, "a response id must be a string or an integer")
-    return Message(Kind.RESPONSE, line, body, msg_id, None)
+    return Message(RESPONSE, line, body, msg_id, None)
+
+
+_ABSENT: Final = object()
 
 
 def _valid_id(value: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from mcpshield.jsonrpc import JsonId, Message, arguments_hash, id_key
+from mcpshield.jsonrpc import JsonId, Message, arguments_hash
 
 #: Requests one peer may keep in flight; past it a peer is flooding, not working.
 MAX_IN_FLIGHT: Final = 10_000
@@ -30,23 +30,26 @@ class Entry:
 
 
 class Ledger:
-    """Requests sent by one peer and not yet answered, keyed by id."""
+    """Requests sent by one peer and not yet answered, keyed by id.
+
+    Ids are only ever strings or integers (the decoder refuses booleans and fractions), and a
+    string never equals an integer, so the id itself is the key: "1" and 1 stay apart."""
 
     __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[bool, JsonId], Entry] = {}
+        self._entries: dict[JsonId, Entry] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __contains__(self, msg_id: JsonId) -> bool:
-        return id_key(msg_id) in self._entries
+        return msg_id in self._entries
 
     def open(self, msg: Message, now: float) -> Entry | None:
         """Records a request; None if its id is already in flight or the ledger is full."""
         assert msg.id is not None and msg.method is not None
-        key = id_key(msg.id)
+        key = msg.id
         if key in self._entries or len(self._entries) >= MAX_IN_FLIGHT:
             return None
         tool = None
@@ -62,14 +65,14 @@ class Ledger:
 
     def close(self, msg_id: JsonId) -> Entry | None:
         """Removes and returns the request an answer belongs to; None if nobody sent it."""
-        return self._entries.pop(id_key(msg_id), None)
+        return self._entries.pop(msg_id, None)
 
     def get(self, msg_id: JsonId) -> Entry | None:
-        return self._entries.get(id_key(msg_id))
+        return self._entries.get(msg_id)
 
     def cancel(self, msg_id: JsonId) -> Entry | None:
         """Marks a request withdrawn by its sender, whose late answer is then dropped."""
-        entry = self._entries.get(id_key(msg_id))
+        entry = self._entries.get(msg_id)
         if entry is not None:
             entry.cancelled = True
         return entry

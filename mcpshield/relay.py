@@ -20,7 +20,7 @@ import orjson
 
 from mcpshield import jsonrpc
 from mcpshield.fdio import FdReader, FdWriter, is_pollable
-from mcpshield.jsonrpc import DecodeFailure, Kind, Message, Oversized
+from mcpshield.jsonrpc import NOTIFICATION, REQUEST, RESPONSE, DecodeFailure, Message, Oversized
 from mcpshield.ledger import Entry, Ledger
 from mcpshield.policy import Allow, Ask, Context, Decision, Deny, Direction, Policy, Rewrite
 from mcpshield.supervisor import Child, describe_exit, exit_status
@@ -40,6 +40,8 @@ STDERR_HOLD_BYTES: Final = 64 * 1024
 EXIT_POLL_S: Final = 0.05
 
 _NL: Final = b"\n"
+TO_SERVER: Final = Direction.TO_SERVER
+TO_CLIENT: Final = Direction.TO_CLIENT
 _CANCELLED: Final = "notifications/cancelled"
 #: The `_meta` key every request carries in the stateless (2026-07-28) protocol era.
 _STATELESS_META: Final = "io.modelcontextprotocol/protocolVersion"
@@ -63,6 +65,7 @@ class Relay:
         self._shutting_down = False
         self._signals = 0
         self._restore: list[Callable[[], None]] = []
+        self._now = time.monotonic()
 
     async def run(self) -> int:
         """Relays until the server has exited; returns the exit status to exit with."""
@@ -147,6 +150,7 @@ class Relay:
     # -- client -> server ---------------------------------------------------------------
 
     def _on_client_data(self, chunk: bytes) -> None:
+        self._now = time.monotonic()  # one reading for the whole chunk: its lines arrived together
         for line in self._from_client.feed(chunk):
             try:
                 if type(line) is bytes:
@@ -166,24 +170,24 @@ class Relay:
                 self._client_failure(msg)
             return
         kind = msg.kind
-        if kind is Kind.REQUEST:
-            entry = self._client_ledger.open(msg, time.monotonic())
+        if kind is REQUEST:
+            entry = self._client_ledger.open(msg, self._now)
             if entry is None:
                 self._refuse_duplicate(msg, self._to_client)
                 return
-            self._dispatch(msg, Direction.TO_SERVER, entry)
-        elif kind is Kind.RESPONSE:
-            self._response(msg, self._server_ledger, Direction.TO_SERVER)
+            self._dispatch(msg, TO_SERVER, entry)
+        elif kind is RESPONSE:
+            self._response(msg, self._server_ledger, TO_SERVER)
         else:
             if msg.method == _CANCELLED:
                 self._note_cancel(msg, self._client_ledger)
-            self._dispatch(msg, Direction.TO_SERVER, None)
+            self._dispatch(msg, TO_SERVER, None)
 
     def _client_failure(self, failure: DecodeFailure) -> None:
         self._report(f"refused a message from the client: {failure.reason}: {_show(failure.excerpt)}")
-        if failure.kind is Kind.NOTIFICATION:
+        if failure.kind is NOTIFICATION:
             return
-        if failure.kind is Kind.RESPONSE:
+        if failure.kind is RESPONSE:
             entry = self._server_ledger.close(failure.id) if failure.id is not None else None
             if entry is not None:
                 # The server asked; answer it in the client's stead so it does not wait forever.
@@ -206,6 +210,7 @@ class Relay:
     # -- server -> client ---------------------------------------------------------------
 
     def _on_server_data(self, chunk: bytes) -> None:
+        self._now = time.monotonic()
         for line in self._from_server.feed(chunk):
             try:
                 if type(line) is bytes:
@@ -225,18 +230,18 @@ class Relay:
                 self._server_failure(msg)
             return
         kind = msg.kind
-        if kind is Kind.RESPONSE:
-            self._response(msg, self._client_ledger, Direction.TO_CLIENT)
-        elif kind is Kind.REQUEST:
-            entry = self._server_ledger.open(msg, time.monotonic())
+        if kind is RESPONSE:
+            self._response(msg, self._client_ledger, TO_CLIENT)
+        elif kind is REQUEST:
+            entry = self._server_ledger.open(msg, self._now)
             if entry is None:
                 self._refuse_duplicate(msg, self._to_server)
                 return
-            self._dispatch(msg, Direction.TO_CLIENT, entry)
+            self._dispatch(msg, TO_CLIENT, entry)
         else:
             if msg.method == _CANCELLED:
                 self._note_cancel(msg, self._server_ledger)
-            self._dispatch(msg, Direction.TO_CLIENT, None)
+            self._dispatch(msg, TO_CLIENT, None)
 
     def _server_failure(self, failure: DecodeFailure) -> None:
         if failure.code == jsonrpc.PARSE_ERROR:
@@ -245,7 +250,7 @@ class Relay:
         self._report(f"refused a message from the server: {failure.reason}: {_show(failure.excerpt)}")
         if failure.id is None:
             return
-        if failure.kind is Kind.RESPONSE:
+        if failure.kind is RESPONSE:
             entry = self._client_ledger.close(failure.id)
             if entry is not None and not entry.cancelled:
                 self._to_client.append(
@@ -253,7 +258,7 @@ class Relay:
                         entry.id, jsonrpc.INTERNAL_ERROR, f"mcpshield refused the server's answer: {failure.reason}"
                     )
                 )
-        elif failure.kind is Kind.REQUEST:
+        elif failure.kind is REQUEST:
             self._to_server.append(jsonrpc.error_response(failure.id, failure.code, failure.reason))
 
     def _server_oversized(self, line: Oversized) -> None:
@@ -289,7 +294,7 @@ class Relay:
         assert msg.id is not None or msg.body.get("id") is None
         entry = ledger.close(msg.id) if msg.id is not None else None
         if entry is None:
-            sender = "server" if direction is Direction.TO_CLIENT else "client"
+            sender = "server" if direction is TO_CLIENT else "client"
             self._report(f"dropped a response from the {sender} to id {msg.id!r}, which no request is waiting for")
             return
         if entry.cancelled:
@@ -303,7 +308,7 @@ class Relay:
 
     def _dispatch(self, msg: Message, direction: Direction, entry: Entry | None) -> None:
         decision = self._decide(msg, direction, entry)
-        out = self._to_server if direction is Direction.TO_SERVER else self._to_client
+        out = self._to_server if direction is TO_SERVER else self._to_client
         if type(decision) is Allow:
             out.append(msg.raw)
             out.append(_NL)
@@ -321,7 +326,7 @@ class Relay:
 
     def _decide(self, msg: Message, direction: Direction, entry: Entry | None) -> Decision:
         """The single point every decision passes through (the audit log hooks in here)."""
-        ctx = Context(time.monotonic(), direction, entry)
+        ctx = Context(self._now, direction, entry)
         try:
             return self._policy.check(msg, ctx)
         except Exception as exc:  # a failing check must refuse, never wave the message through
@@ -330,14 +335,14 @@ class Relay:
 
     def _refuse(self, msg: Message, direction: Direction, reason: str, code: int | None) -> None:
         """Answers whoever waits on a refused message; the other side never sees it."""
-        back = self._to_client if direction is Direction.TO_SERVER else self._to_server
-        if msg.kind is Kind.REQUEST:
-            ledger = self._client_ledger if direction is Direction.TO_SERVER else self._server_ledger
+        back = self._to_client if direction is TO_SERVER else self._to_server
+        if msg.kind is REQUEST:
+            ledger = self._client_ledger if direction is TO_SERVER else self._server_ledger
             ledger.close(msg.id)  # type: ignore[arg-type]
             back.append(_refusal(msg, reason, code))
-        elif msg.kind is Kind.RESPONSE:
+        elif msg.kind is RESPONSE:
             # The requester is on the far side: it gets an error instead of the refused answer.
-            forward = self._to_server if direction is Direction.TO_SERVER else self._to_client
+            forward = self._to_server if direction is TO_SERVER else self._to_client
             forward.append(jsonrpc.error_response(msg.id, code or jsonrpc.INTERNAL_ERROR, reason))
 
     def _refuse_duplicate(self, msg: Message, back: list[bytes]) -> None:
@@ -349,7 +354,7 @@ class Relay:
         """Refuses a message whose handling failed; its sender gets an error if it waits."""
         self._report(f"internal error ({type(exc).__name__}: {exc}); the message was not forwarded")
         decoded = jsonrpc.decode(line) if type(line) is bytes else None
-        if type(decoded) is Message and decoded.kind is Kind.REQUEST:
+        if type(decoded) is Message and decoded.kind is REQUEST:
             back.append(
                 jsonrpc.error_response(decoded.id, jsonrpc.INTERNAL_ERROR, "mcpshield failed to check this message")
             )

@@ -35,6 +35,8 @@ ENV_KEEP_PREFIXES: Final = ("LC_",)
 WATCHER_TERM_GRACE_S: Final = 1.0
 _WATCHER_POLL_S: Final = 0.02
 _PR_SET_CHILD_SUBREAPER: Final = 36
+#: What mcpshield writes to its watcher when it ended the server itself; EOF alone means it died.
+_WATCHER_RELEASE: Final = b"R"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +155,15 @@ class Child:
         _reap_adopted(exclude=self.watcher_pid)
 
     def release_watcher(self) -> None:
-        """Lets the watcher go: it checks the group once more and exits."""
+        """Lets the watcher go without signalling anything: the tree is already swept, and
+        the server's pid (its group id) may soon belong to someone else."""
+        if self._watcher_fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._watcher_fd, _WATCHER_RELEASE)
         with contextlib.suppress(OSError):
             os.close(self._watcher_fd)
+        self._watcher_fd = -1
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(self.watcher_pid, 0)
 
@@ -199,9 +207,8 @@ def _watch(read_fd: int, pgid: int) -> None:  # pragma: no cover - runs in the f
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        while os.read(read_fd, 1):
-            pass
-        _end_group(pgid)
+        if os.read(read_fd, 1) != _WATCHER_RELEASE:  # EOF: mcpshield died without releasing us
+            _end_group(pgid)
     finally:
         os._exit(0)
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mcpshield import jsonrpc
 from mcpshield.jsonrpc import DecodeFailure, Kind, LineFramer, Message, Oversized
+from mcpshield.ledger import Ledger
 
 
 def _decoded(line: bytes) -> Message:
@@ -212,3 +213,21 @@ def test_arguments_hash_ignores_key_order_and_spacing() -> None:
     assert jsonrpc.arguments_hash({"a": 1, "b": [1, 2]}) == jsonrpc.arguments_hash({"b": [1, 2], "a": 1})
     assert jsonrpc.arguments_hash({"a": 1}) != jsonrpc.arguments_hash({"a": 2})
     assert len(jsonrpc.arguments_hash({"n": 2**70})) == 64
+
+
+def test_the_ledger_keeps_string_and_number_ids_apart() -> None:
+    ledger = Ledger()
+    number = _decoded(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":1}}}')
+    string = _decoded(b'{"jsonrpc":"2.0","id":"1","method":"ping"}')
+    assert ledger.open(number, 0.0) is not None
+    assert ledger.open(string, 0.0) is not None
+    assert ledger.open(number, 0.0) is None, "an id already in flight is refused"
+    entry = ledger.close(1)
+    assert entry is not None
+    assert (entry.method, entry.tool) == ("tools/call", "a")
+    assert entry.args_hash == jsonrpc.arguments_hash({"x": 1})
+    assert ledger.close(1) is None
+    assert "1" in ledger
+    ledger.cancel("1")
+    (left,) = ledger.drain()
+    assert left.cancelled
