@@ -36,8 +36,6 @@ STDOUT_DRAIN_S: Final = 0.5
 CLIENT_FLUSH_S: Final = 2.0
 #: Server stderr held back waiting for the end of its line, at most (then passed as is).
 STDERR_HOLD_BYTES: Final = 64 * 1024
-#: Polling interval for the server's exit where the OS offers no pidfd (macOS).
-EXIT_POLL_S: Final = 0.05
 
 _NL: Final = b"\n"
 TO_SERVER: Final = Direction.TO_SERVER
@@ -77,7 +75,7 @@ class Relay:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._watch_exit(loop, tg)
+                self._watch_exit(loop)
                 await self._child_gone.wait()
                 with anyio.move_on_after(STDOUT_DRAIN_S):
                     await self._server_eof.wait()
@@ -90,8 +88,7 @@ class Relay:
                 await self._err.flushed()
         finally:
             self._close_io()
-            self._child.sweep()
-            self._child.release_watcher()
+            self._child.close()
         return exit_status(returncode)
 
     # -- wiring -------------------------------------------------------------------------
@@ -117,25 +114,16 @@ class Relay:
             self._restore.append(lambda: os.set_blocking(fd, was_blocking))
         return FdWriter(loop, fd, self._client_pressure, self._client_gone, pollable=pollable)
 
-    def _watch_exit(self, loop: asyncio.AbstractEventLoop, tg: anyio.abc.TaskGroup) -> None:
-        pidfd = self._child.exit_fd()
-        if pidfd is None:
-            tg.start_soon(self._poll_exit)
-            return
+    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
+        exit_fd = self._child.exit_fd
 
         def exited() -> None:
             if self._child.returncode is not None:
-                loop.remove_reader(pidfd)
-                os.close(pidfd)
+                loop.remove_reader(exit_fd)
                 self._child_gone.set()
 
-        loop.add_reader(pidfd, exited)
+        loop.add_reader(exit_fd, exited)
         exited()
-
-    async def _poll_exit(self) -> None:
-        while self._child.returncode is None:  # noqa: ASYNC110 - no event to wait on without a pidfd
-            await anyio.sleep(EXIT_POLL_S)
-        self._child_gone.set()
 
     def _close_io(self) -> None:
         loop = self._loop

@@ -8,7 +8,7 @@ import anyio
 
 from mcpshield.policy import PassThrough, Policy
 from mcpshield.relay import Relay
-from mcpshield.supervisor import Child, LaunchSpec, become_subreaper
+from mcpshield.supervisor import Child, LaunchSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,15 +21,13 @@ class RunConfig:
 
 def run_server(config: RunConfig) -> int:
     """Starts the server and relays until it has exited; returns the status to exit with."""
-    become_subreaper()
     child = Child(config.launch)
     relay = Relay(child, config.policy)
     try:
         return anyio.run(relay.run, backend="asyncio", backend_options=_loop_options())
     finally:
         # Idempotent: the relay already did this unless it failed before finishing.
-        child.sweep()
-        child.release_watcher()
+        child.close()
 
 
 def _loop_options() -> dict[str, object]:

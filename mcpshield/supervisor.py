@@ -1,25 +1,23 @@
 """Starting the server and making sure that, however mcpshield ends, nothing of it outlives it.
 
-The server runs in a session and process group of its own; mcpshield becomes a child
-subreaper so that descendants orphaned by the server are re-parented to it and can be
-swept; and a forked watcher outside every client-visible process group kills the server's
-group if mcpshield itself is killed with SIGKILL.
+The server is started by the reaper (see `reaper`), a forked helper in a session of its own
+that adopts the server's orphans and ends the whole tree when mcpshield releases it or dies.
+The server itself runs in a session and process group of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
+from mcpshield import reaper
 from mcpshield.errors import LaunchError, UnsupportedPlatform
 from mcpshield.fdio import enlarge_pipe
 
@@ -31,12 +29,9 @@ ENV_KEEP: Final = (
 )  # fmt: skip
 #: Locale variables are kept by prefix (LC_ALL, LC_CTYPE, ...).
 ENV_KEEP_PREFIXES: Final = ("LC_",)
-#: The watcher's wait between SIGTERM and SIGKILL of an orphaned server group.
-WATCHER_TERM_GRACE_S: Final = 1.0
-_WATCHER_POLL_S: Final = 0.02
-_PR_SET_CHILD_SUBREAPER: Final = 36
-#: What mcpshield writes to its watcher when it ended the server itself; EOF alone means it died.
-_WATCHER_RELEASE: Final = b"R"
+#: Bound on the reaper's final sweep as seen from mcpshield (its own bound is shorter).
+REAPER_EXIT_BOUND_S: Final = 3.0
+_REAPER_POLL_S: Final = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +73,8 @@ def resolve_command(argv: tuple[str, ...], env: Mapping[str, str]) -> tuple[str,
     return (found, *argv[1:])
 
 
-def become_subreaper() -> None:
-    """Adopts orphaned descendants (Linux), so a server's grandchildren can be swept."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-
-
 class Child:
-    """The running server: its pipes, its process group, and the steps that end it."""
+    """The running server, started through the reaper: its pipes, its process group, its exit."""
 
     def __init__(self, spec: LaunchSpec) -> None:
         if sys.platform == "win32":
@@ -97,143 +83,110 @@ class Child:
                 "run the server directly for now, or use WSL",
             )
         argv = resolve_command(spec.argv, spec.env)
-        try:
-            self.proc = subprocess.Popen(
+        stdin_r, self.stdin_fd = os.pipe()
+        self.stdout_fd, stdout_w = os.pipe()
+        self.stderr_fd, stderr_w = os.pipe()
+        self._status_fd, status_w = os.pipe()
+        control_r, self._control_fd = os.pipe()
+        self.reaper_pid = os.fork()
+        if self.reaper_pid == 0:  # pragma: no cover - the forked reaper never returns
+            reaper.run(
                 argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(spec.env),
-                cwd=spec.cwd,
-                start_new_session=True,
-                close_fds=True,
+                spec.env,
+                spec.cwd,
+                server_fds=(stdin_r, stdout_w, stderr_w),
+                status_fd=status_w,
+                control_fd=control_r,
             )
-        except OSError as exc:
-            raise LaunchError(
-                f"cannot start {argv[0]!r}: {exc.strerror}",
-                "check the command runs on its own in a terminal",
-                exit_code=126,
-            ) from exc
-        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
-        self.pid = self.proc.pid
-        self.stdin_fd = self.proc.stdin.fileno()
-        self.stdout_fd = self.proc.stdout.fileno()
-        self.stderr_fd = self.proc.stderr.fileno()
+        for fd in (stdin_r, stdout_w, stderr_w, status_w, control_r):
+            os.close(fd)
+        self._status = b""
+        self._returncode: int | None = None
+        self.pid = self._await_start(argv[0])
+        os.set_blocking(self._status_fd, False)
         enlarge_pipe(self.stdin_fd)
         enlarge_pipe(self.stdout_fd)
-        self._watcher_fd, self.watcher_pid = _start_watcher(self.pid)
+
+    def _await_start(self, program: str) -> int:
+        """Reads the reaper's first word: the server's pid, or why it could not start."""
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = os.read(self._status_fd, 256)
+            if not chunk:
+                break
+            line += chunk
+        first, _, rest = line.partition(b"\n")
+        self._status = rest
+        word, _, detail = first.decode("utf-8", "replace").partition(" ")
+        if word == "pid":
+            return int(detail)
+        self.close()
+        for fd in (self.stdin_fd, self.stdout_fd, self.stderr_fd):
+            os.close(fd)
+        why = detail.partition(" ")[2] if word == "error" else "the launcher died"
+        raise LaunchError(
+            f"cannot start {program!r}: {why}", "check the command runs on its own in a terminal", exit_code=126
+        )
+
+    @property
+    def exit_fd(self) -> int:
+        """Becomes readable when the server exits (then `returncode` is set)."""
+        return self._status_fd
 
     @property
     def returncode(self) -> int | None:
-        return self.proc.poll()
+        """The server's exit code as subprocess reports it (-N: signal N); None while it runs."""
+        if self._returncode is None:
+            self._read_status()
+        return self._returncode
 
-    def exit_fd(self) -> int | None:
-        """A pidfd that becomes readable when the server exits (Linux), else None."""
+    def _read_status(self) -> None:
         try:
-            return os.pidfd_open(self.pid)
-        except (AttributeError, OSError):
-            return None
+            chunk = os.read(self._status_fd, 256)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            # The reaper died without reporting an exit: nothing can wait for the server now.
+            self.signal_group(signal.SIGKILL)
+            self._returncode = -signal.SIGKILL
+            return
+        self._status += chunk
+        for line in self._status.split(b"\n"):
+            if line.startswith(b"exit "):
+                self._returncode = int(line[5:])
 
     def signal_group(self, sig: int) -> None:
         """Signals the server's process group (its pid: it leads a session of its own)."""
+        if self._returncode is not None:
+            return  # reaped: its number may already name somebody else's group
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
-    def sweep(self) -> None:
-        """SIGKILLs what is left of the server's tree: its group, and every descendant
-        re-parented to mcpshield, then reaps them."""
-        self.signal_group(signal.SIGKILL)
-        self.proc.poll()
-        import psutil  # deferred: the sweep is the only user, and the import costs start-up time
-
-        me = psutil.Process()
-        for proc in me.children(recursive=True):
-            if proc.pid == self.watcher_pid:
-                continue
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        _reap_adopted(exclude=self.watcher_pid)
-
-    def release_watcher(self) -> None:
-        """Lets the watcher go without signalling anything: the tree is already swept, and
-        the server's pid (its group id) may soon belong to someone else."""
-        if self._watcher_fd < 0:
+    def close(self) -> None:
+        """Has the reaper kill whatever is left of the server's tree, and waits for it (bounded).
+        Idempotent."""
+        if self._control_fd < 0:
             return
         with contextlib.suppress(OSError):
-            os.write(self._watcher_fd, _WATCHER_RELEASE)
+            os.write(self._control_fd, reaper.RELEASE)
+        os.close(self._control_fd)
+        self._control_fd = -1
+        deadline = time.monotonic() + REAPER_EXIT_BOUND_S
+        while time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(self.reaper_pid, os.WNOHANG)[0] == 0:
+                    time.sleep(_REAPER_POLL_S)
+                    continue
+            break
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.reaper_pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.reaper_pid, 0)
         with contextlib.suppress(OSError):
-            os.close(self._watcher_fd)
-        self._watcher_fd = -1
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(self.watcher_pid, 0)
-
-
-def _reap_adopted(exclude: int) -> None:
-    """Collects exit statuses of adopted orphans so none lingers as a zombie."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        if pid == exclude:
-            continue
-
-
-def _start_watcher(pgid: int) -> tuple[int, int]:
-    """Forks a process that outlives a SIGKILL of mcpshield and then ends the server's group.
-
-    It holds the read end of a pipe only mcpshield writes to; EOF means mcpshield is gone.
-    It leaves mcpshield's session, so a client killing mcpshield's process group spares it.
-    """
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked watcher
-        _watch(read_fd, pgid)
-    os.close(read_fd)
-    os.set_inheritable(write_fd, False)
-    return write_fd, pid
-
-
-def _watch(read_fd: int, pgid: int) -> None:  # pragma: no cover - runs in the forked watcher
-    try:
-        os.setsid()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.closerange(3, read_fd)
-        os.closerange(read_fd + 1, _max_fd())
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        if os.read(read_fd, 1) != _WATCHER_RELEASE:  # EOF: mcpshield died without releasing us
-            _end_group(pgid)
-    finally:
-        os._exit(0)
-
-
-def _end_group(pgid: int) -> None:  # pragma: no cover - runs in the forked watcher
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
-        return
-    deadline = time.monotonic() + WATCHER_TERM_GRACE_S
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return
-        time.sleep(_WATCHER_POLL_S)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def _max_fd() -> int:
-    try:
-        return os.sysconf("SC_OPEN_MAX")
-    except (ValueError, OSError):
-        return 1024
+            os.close(self._status_fd)
 
 
 def exit_status(returncode: int) -> int:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import pytest
@@ -108,3 +109,33 @@ def test_a_client_that_stops_reading_ends_the_session() -> None:
         proc.wait(timeout=EXIT_TIMEOUT_S)
         if proc.stdin:
             proc.stdin.close()
+
+
+def test_sigkill_of_mcpshield_ends_even_a_grandchild_in_a_session_of_its_own(shield: Shield) -> None:
+    # Browsers started by automation servers leave the server's group this way (detached).
+    client, grandchild = _started_with_grandchild(shield, "--linger", new_session=True)
+    tree = _tree(client, grandchild)
+    os.killpg(client.proc.pid, signal.SIGKILL)
+    client.wait()
+    assert wait_all_gone(tree) == []
+
+
+def test_a_server_that_cannot_be_executed_is_refused_with_a_tip(tmp_path: Path) -> None:
+    script = tmp_path / "server.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    done = subprocess.run(shield_argv(str(script)), input=b"", capture_output=True, timeout=30, check=False)
+    assert done.returncode == 126
+    assert done.stdout == b""
+    assert b"not executable" in done.stderr
+    assert b"Tip:" in done.stderr
+
+
+def test_a_server_whose_exec_fails_is_refused_with_the_reason(tmp_path: Path) -> None:
+    binary = tmp_path / "garbage"
+    binary.write_bytes(b"\x7fELF not really")
+    binary.chmod(0o755)
+    done = subprocess.run(shield_argv(str(binary)), input=b"", capture_output=True, timeout=30, check=False)
+    assert done.returncode == 126
+    assert done.stdout == b""
+    assert done.stderr.decode().startswith(f"mcpshield: cannot start {str(binary)!r}: Exec format error")
