@@ -273,6 +273,9 @@ def _classify(line: bytes, body: dict[str, Any]) -> Message | DecodeFailure:
     if method is not None:
         if type(method) is not str:
             return _refused(line, body, "method must be a string")
+        if "result" in body or "error" in body:
+            # Peers could disagree on whether this is a request or an answer.
+            return _refused(line, body, "a message is a request or a response, not both")
         if msg_id is _ABSENT:
             return Message(NOTIFICATION, line, body, None, method)
         if id_type is not str and id_type is not int:

@@ -141,6 +141,8 @@ def test_well_formed_messages_decode(line: bytes, kind: Kind, msg_id: object, me
         (b'{"jsonrpc":"2.0","id":1,"method":7}', jsonrpc.INVALID_REQUEST),
         (b'{"jsonrpc":"2.0","id":1,"method":"x","params":[1,2]}', jsonrpc.INVALID_REQUEST),
         (b'{"jsonrpc":"2.0","id":1,"result":{},"error":{}}', jsonrpc.INVALID_REQUEST),
+        (b'{"jsonrpc":"2.0","id":1,"method":"x","result":{}}', jsonrpc.INVALID_REQUEST),
+        (b'{"jsonrpc":"2.0","method":"x","error":{}}', jsonrpc.INVALID_REQUEST),
         (b'{"jsonrpc":"2.0","result":{}}', jsonrpc.INVALID_REQUEST),
         (b'{"jsonrpc":"2.0"}', jsonrpc.INVALID_REQUEST),
     ],
