@@ -309,6 +309,15 @@ def tool_stray(server: FakeServer, req_id: RequestId, arguments: JSON, params: J
     return text_result("printed")
 
 
+def tool_emit(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
+    lines = arguments.get("lines")
+    if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+        raise ToolError("emit needs `lines`, a list of strings")
+    for line in lines:
+        server.write_raw(bytes.fromhex(line) + b"\n")
+    return text_result(f"emitted {len(lines)}")
+
+
 def tool_env(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
     return text_result(json.dumps(dict(os.environ)))
 
@@ -365,6 +374,12 @@ TOOLS: dict[str, Tool] = {
     "log": Tool("Send a notifications/message at level info.", tool_log, {"message": STR}, ("message",)),
     "list_changed": Tool("Send notifications/tools/list_changed.", tool_list_changed),
     "stray": Tool("Print a non-JSON line on stdout, then answer.", tool_stray),
+    "emit": Tool(
+        "Write each of `lines` (hex-encoded bytes) as a line on stdout, then answer.",
+        tool_emit,
+        {"lines": {"type": "array", "items": STR}},
+        ("lines",),
+    ),
     "env": Tool("Return the server's environment as JSON text.", tool_env),
     "spawn_grandchild": Tool(
         "Start `sleep 300` without waiting for it and return its pid.",

@@ -71,3 +71,21 @@ def test_garbage_never_stops_the_relay_or_reaches_either_side(
         assert type(message) is dict
         assert message["jsonrpc"] == "2.0"
         assert ("method" in message) != ("result" in message or "error" in message)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_garbage, max_size=5))
+def test_garbage_from_the_server_never_reaches_the_client(relay: LineClient, lines: list[bytes]) -> None:
+    probe = f"emit-{next(_ids)}"
+    relay.call(probe, "emit", {"lines": [line.hex() for line in lines]})
+    while True:
+        answer = relay.read()
+        assert answer.get("jsonrpc") == "2.0"
+        assert ("method" in answer) != ("result" in answer or "error" in answer)
+        if answer.get("id") == probe and "method" not in answer:
+            assert answer["result"]["content"][0]["text"] == f"emitted {len(lines)}"
+            break
+        if "method" in answer and "id" in answer:
+            # A garbage line that happens to be a well-formed request from the server: answer it.
+            relay.send({"jsonrpc": "2.0", "id": answer["id"], "result": {}})
+    assert relay.proc.poll() is None
