@@ -238,25 +238,18 @@ def _has_duplicate_keys(line: bytes, body: dict[str, Any]) -> bool:
     return _STRING.sub(b"", line).count(b":") != keys
 
 
-def _count_keys(obj: dict[str, Any]) -> int:
-    count = len(obj)
-    for value in obj.values():
-        kind = type(value)
-        if kind is dict:
-            count += _count_keys(value)
-        elif kind is list:
-            count += _count_list_keys(value)
-    return count
-
-
-def _count_list_keys(items: list[Any]) -> int:
-    count = 0
-    for value in items:
-        kind = type(value)
-        if kind is dict:
-            count += _count_keys(value)
-        elif kind is list:
-            count += _count_list_keys(value)
+def _count_keys(value: dict[str, Any] | list[Any]) -> int:
+    """Object keys in a parsed value, nested ones included (depth bounded by the parser)."""
+    if type(value) is dict:
+        count = len(value)
+        items: Any = value.values()
+    else:
+        count = 0
+        items = value
+    for item in items:
+        kind = type(item)
+        if kind is dict or kind is list:
+            count += _count_keys(item)
     return count
 
 

@@ -138,16 +138,27 @@ class Relay:
     # -- client -> server ---------------------------------------------------------------
 
     def _on_client_data(self, chunk: bytes) -> None:
+        self._feed(self._from_client.feed(chunk), self._client_line, self._client_oversized, TO_SERVER)
+
+    def _feed(
+        self,
+        lines: list[bytes | Oversized],
+        on_line: Callable[[bytes], None],
+        on_oversized: Callable[[Oversized], None],
+        direction: Direction,
+    ) -> None:
+        """Handles the lines one chunk completed, then writes all they produced at once."""
         self._now = time.monotonic()  # one reading for the whole chunk: its lines arrived together
-        for line in self._from_client.feed(chunk):
+        for line in lines:
             try:
                 if type(line) is bytes:
-                    self._client_line(line)
+                    on_line(line)
                 else:
                     assert isinstance(line, Oversized)
-                    self._client_oversized(line)
+                    on_oversized(line)
             except Exception as exc:  # a bug must cost one message, refused, not the relay
-                self._internal_error(exc, line, self._to_client)
+                back = self._to_client if direction is TO_SERVER else self._to_server
+                self._internal_error(exc, line, back)
         self._flush()
 
     def _client_line(self, line: bytes) -> None:
@@ -198,17 +209,7 @@ class Relay:
     # -- server -> client ---------------------------------------------------------------
 
     def _on_server_data(self, chunk: bytes) -> None:
-        self._now = time.monotonic()
-        for line in self._from_server.feed(chunk):
-            try:
-                if type(line) is bytes:
-                    self._server_line(line)
-                else:
-                    assert isinstance(line, Oversized)
-                    self._server_oversized(line)
-            except Exception as exc:  # a bug must cost one message, refused, not the relay
-                self._internal_error(exc, line, self._to_server)
-        self._flush()
+        self._feed(self._from_server.feed(chunk), self._server_line, self._server_oversized, TO_CLIENT)
 
     def _server_line(self, line: bytes) -> None:
         msg = jsonrpc.decode(line)
