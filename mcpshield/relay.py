@@ -98,6 +98,7 @@ class Relay:
         self._out_server = FdWriter(loop, child.stdin_fd, self._server_pressure, self._server_gone)
         self._out_client = self._client_writer(loop)
         self._err = FdWriter(loop, 2, self._stderr_pressure, lambda: None, pollable=_is_stream(2))
+        self._keep_blocking_state(self._client_in_fd)
         self._in_client = FdReader(loop, self._client_in_fd, self._on_client_data, self._on_client_eof)
         self._in_server = FdReader(loop, child.stdout_fd, self._on_server_data, self._server_eof.set)
         self._in_stderr = FdReader(loop, child.stderr_fd, self._on_stderr_data, self._on_stderr_eof)
@@ -110,9 +111,15 @@ class Relay:
         fd = self._client_out_fd
         pollable = _is_stream(fd)
         if pollable:
+            self._keep_blocking_state(fd)
+        return FdWriter(loop, fd, self._client_pressure, self._client_gone, pollable=pollable)
+
+    def _keep_blocking_state(self, fd: int) -> None:
+        """Remembers fd's blocking mode to restore at the end: the client's pipe (or a shared
+        terminal) is not mcpshield's to leave non-blocking."""
+        with contextlib.suppress(OSError):
             was_blocking = os.get_blocking(fd)
             self._restore.append(lambda: os.set_blocking(fd, was_blocking))
-        return FdWriter(loop, fd, self._client_pressure, self._client_gone, pollable=pollable)
 
     def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
         exit_fd = self._child.exit_fd

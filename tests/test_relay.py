@@ -246,3 +246,21 @@ def test_a_regular_file_as_stdin_works(tmp_path: Path) -> None:
         )
     assert json.loads(done.stdout) == {"jsonrpc": "2.0", "id": 1, "result": {}}
     assert done.returncode == 0
+
+
+def test_a_terminal_as_stdin_is_left_blocking_as_it_was() -> None:
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            shield_argv(sys.executable, "-c", "import time; time.sleep(0.3)"),
+            stdin=terminal,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.wait(timeout=30) == 0
+        assert os.get_blocking(terminal), "mcpshield left the shared terminal non-blocking"
+    finally:
+        os.close(controller)
+        os.close(terminal)
