@@ -164,8 +164,7 @@ class Relay:
                     assert isinstance(line, Oversized)
                     on_oversized(line)
             except Exception as exc:  # a bug must cost one message, refused, not the relay
-                back = self._to_client if direction is TO_SERVER else self._to_server
-                self._internal_error(exc, line, back)
+                self._internal_error(exc, line, direction)
         self._flush()
 
     def _client_line(self, line: bytes) -> None:
@@ -346,11 +345,14 @@ class Relay:
         self._report(f"refused a request: {reason}")
         back.append(jsonrpc.error_response(msg.id, jsonrpc.INVALID_REQUEST, reason))
 
-    def _internal_error(self, exc: Exception, line: bytes | Oversized, back: list[bytes]) -> None:
+    def _internal_error(self, exc: Exception, line: bytes | Oversized, direction: Direction) -> None:
         """Refuses a message whose handling failed; its sender gets an error if it waits."""
         self._report(f"internal error ({type(exc).__name__}: {exc}); the message was not forwarded")
         decoded = jsonrpc.decode(line) if type(line) is bytes else None
         if type(decoded) is Message and decoded.kind is REQUEST:
+            ledger = self._client_ledger if direction is TO_SERVER else self._server_ledger
+            ledger.close(decoded.id)  # type: ignore[arg-type]
+            back = self._to_client if direction is TO_SERVER else self._to_server
             back.append(
                 jsonrpc.error_response(decoded.id, jsonrpc.INTERNAL_ERROR, "mcpshield failed to check this message")
             )

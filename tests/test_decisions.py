@@ -115,3 +115,17 @@ def test_a_refused_answer_from_the_server_becomes_an_error_for_the_client() -> N
     (answer,) = to_client.messages()
     assert answer["id"] == 1
     assert answer["error"]["message"] == "the result carried something it must not"
+
+
+def test_a_bug_while_handling_a_request_refuses_it_and_frees_its_id() -> None:
+    relay, to_server, to_client, stderr = _relay(Always(ALLOW))
+
+    def explode(msg: Message, direction: Any, entry: Any) -> None:
+        raise RuntimeError("bug")
+
+    relay._dispatch = explode  # type: ignore[method-assign]
+    relay._on_client_data(CALL)
+    assert to_server.data == b""
+    assert to_client.messages()[0]["error"]["code"] == -32603
+    assert b"internal error (RuntimeError: bug)" in stderr.data
+    assert 1 not in relay._client_ledger
