@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import shutil
 import signal
 import sys
@@ -29,6 +30,8 @@ ENV_KEEP: Final = (
 )  # fmt: skip
 #: Locale variables are kept by prefix (LC_ALL, LC_CTYPE, ...).
 ENV_KEEP_PREFIXES: Final = ("LC_",)
+#: Bound on the reaper reporting that the server started (a fork and an exec take milliseconds).
+REAPER_START_BOUND_S: Final = 10.0
 #: Bound on the reaper's final sweep as seen from mcpshield (its own bound is shorter).
 REAPER_EXIT_BOUND_S: Final = 3.0
 _REAPER_POLL_S: Final = 0.005
@@ -110,7 +113,11 @@ class Child:
     def _await_start(self, program: str) -> int:
         """Reads the reaper's first word: the server's pid, or why it could not start."""
         line = b""
-        while not line.endswith(b"\n"):
+        deadline = time.monotonic() + REAPER_START_BOUND_S
+        while b"\n" not in line:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._status_fd], [], [], left)[0]:
+                break  # a launcher that says nothing in time is treated as dead
             chunk = os.read(self._status_fd, 256)
             if not chunk:
                 break
@@ -153,7 +160,7 @@ class Child:
             self._returncode = -signal.SIGKILL
             return
         self._status += chunk
-        for line in self._status.split(b"\n"):
+        for line in self._status.split(b"\n")[:-1]:  # complete lines only
             if line.startswith(b"exit "):
                 self._returncode = int(line[5:])
 
