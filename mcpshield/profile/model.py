@@ -1,0 +1,201 @@
+"""What a profile says, as frozen pydantic models: unknown keys are refused, every field documented.
+
+The key names of `[server]`, `[tools]` and `[[rules]]` are a contract (tests outside the project
+write profiles with them); the profile reference in docs/profiles.md describes every field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Action = Literal["allow", "ask", "deny"]
+#: How restrictive each action is; combining two decisions keeps the more restrictive one.
+STRICTNESS: dict[str, int] = {"allow": 0, "ask": 1, "deny": 2}
+
+Scalar = str | int | float | bool | None
+Globs = tuple[str, ...]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _as_tuple(value: object) -> object:
+    """Accepts one string where a list is expected: `tool = "read_*"` means `["read_*"]`."""
+    return (value,) if isinstance(value, str) else value
+
+
+class ServerSection(_Model):
+    """Which server the profile is for."""
+
+    name: str | None = None
+    """A short name shown in messages and the audit log; defaults to the file's name."""
+    description: str | None = None
+    """One line on what the server does and why the profile is shaped as it is."""
+    match: Globs = ()
+    """Command-line substrings (or `*` globs) that pick this profile when `run` has no `--profile`."""
+
+    _one = field_validator("match", mode="before")(_as_tuple)
+
+
+class ToolsSection(_Model):
+    """Which tools exist for the client, and what happens when one is called."""
+
+    default: Action = "ask"
+    """What happens to tools no list and no rule names."""
+    allow: Globs = ()
+    """Tools that run without asking (globs, e.g. `read_*`)."""
+    ask: Globs = ()
+    """Tools that need a person's approval for each call."""
+    deny: Globs = ()
+    """Tools that never run and are hidden from the client; wins over every list and rule."""
+    strict_args: bool = True
+    """Refuse arguments the tool's input schema does not declare."""
+
+    _one = field_validator("allow", "ask", "deny", mode="before")(_as_tuple)
+
+
+class ArgCondition(_Model):
+    """Conditions on one argument; a rule matches only when all of them hold.
+
+    A list argument holds a condition only if every element does. An argument that is absent or
+    of the wrong type holds no condition of an allow/ask rule, and every condition of a deny rule:
+    what cannot be checked is read the restrictive way.
+    """
+
+    within: Globs | None = None
+    """Paths (or file:// URIs) that must lie inside one of these directories, `~` expanded,
+    resolved both as the OS does (symlinks followed) and lexically (`..` collapsed)."""
+    not_within: Globs | None = None
+    """Paths that must lie inside none of these directories (resolved as for `within`)."""
+    matches: Globs | None = None
+    """Regular expressions (Python syntax); the whole value must match one of them."""
+    not_matches: Globs | None = None
+    """Regular expressions; the whole value must match none of them."""
+    one_of: tuple[Scalar, ...] | None = None
+    """The value must equal one of these exactly (type included: 1 is not true)."""
+    max_length: Annotated[int, Field(ge=0)] | None = None
+    """Strings at most this many characters; other values at most this many bytes as JSON."""
+    hosts: Globs | None = None
+    """URLs (http, https, ws, wss) whose host matches one of these globs: `*.example.com`
+    matches subdomains only, so list `example.com` too when the bare domain is meant."""
+
+    _one = field_validator("within", "not_within", "matches", "not_matches", "hosts", mode="before")(_as_tuple)
+
+    @field_validator("matches", "not_matches")
+    @classmethod
+    def _compiles(cls, patterns: Globs | None) -> Globs | None:
+        for pattern in patterns or ():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _says_something(self) -> ArgCondition:
+        if not self.model_fields_set:
+            raise ValueError("names no condition (within, not_within, matches, not_matches, one_of, max_length, hosts)")
+        return self
+
+
+class Rule(_Model):
+    """An argument-level rule. Rules are consulted in order after `[tools] deny` and before the
+    allow/ask lists and the default; the first rule whose tool and conditions match decides."""
+
+    tool: Globs
+    """The tool (or tools: globs, or a list of them) the rule is about."""
+    action: Action
+    """What happens when every condition holds."""
+    args: dict[str, ArgCondition] = Field(default_factory=dict)
+    """Conditions per argument name; none means the rule matches every call of the tool."""
+    reason: str | None = None
+    """Told to the model when this rule refuses a call, so it can change course."""
+
+    _one = field_validator("tool", mode="before")(_as_tuple)
+
+
+class NamedSection(_Model):
+    """Allow/ask/deny by name or URI glob, for resources and prompts."""
+
+    default: Action = "allow"
+    """What happens to names no list matches."""
+    allow: Globs = ()
+    ask: Globs = ()
+    deny: Globs = ()
+    """Wins over `allow` and `ask`; denied entries are also removed from list answers."""
+
+    _one = field_validator("allow", "ask", "deny", mode="before")(_as_tuple)
+
+
+class ServerRequestsSection(_Model):
+    """What the server may ask of the client (as requests, or in the 2026-07-28 era inside an
+    `input_required` result)."""
+
+    sampling: Action = "ask"
+    """`sampling/createMessage`: the server asks the client's model to generate text."""
+    elicitation: Action = "allow"
+    """`elicitation/create`: the server asks the user, through the client, for input."""
+    roots: Action = "allow"
+    """`roots/list`: the server asks which directories the client works in."""
+    roots_within: Globs | None = None
+    """When set, roots/list answers keep only the roots inside these directories."""
+
+    _one = field_validator("roots_within", mode="before")(_as_tuple)
+
+
+class LimitsSection(_Model):
+    """Rate limits on tool calls; a call over a limit is refused with a hint of when to retry."""
+
+    calls_per_minute: Annotated[int, Field(gt=0)] | None = None
+    """Tool calls of any tool per rolling minute."""
+    max_concurrent: Annotated[int, Field(gt=0)] | None = None
+    """Tool calls in flight at once."""
+    tools: dict[str, Annotated[int, Field(gt=0)]] = Field(default_factory=dict)
+    """Per-tool calls per rolling minute, by tool glob (`"write_*" = 10`)."""
+    identical_calls_per_minute: Annotated[int, Field(gt=0)] | None = 20
+    """Loop breaker: calls of one tool with the same arguments per rolling minute."""
+
+
+class Profile(_Model):
+    """One server's least-privilege policy."""
+
+    extends: str | None = None
+    """A profile (name or path) this one narrows: nothing the base denies can be allowed here."""
+    server: ServerSection = Field(default_factory=ServerSection)
+    tools: ToolsSection = Field(default_factory=ToolsSection)
+    rules: tuple[Rule, ...] = ()
+    resources: NamedSection = Field(default_factory=NamedSection)
+    """`resources/read`, `resources/subscribe` and list answers, by URI glob."""
+    prompts: NamedSection = Field(default_factory=NamedSection)
+    """`prompts/get` and list answers, by prompt name glob."""
+    server_requests: ServerRequestsSection = Field(default_factory=ServerRequestsSection)
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+
+
+class LoadedProfile:
+    """A profile as found: its name, where it came from, and its `extends` chain.
+
+    `chain` runs from the root base to this profile; each element is already merged with the
+    ones before it (see `profile.load.merge`). The policy enforces the last one and lets every
+    earlier one veto: what a base denies stays denied.
+    """
+
+    __slots__ = ("chain", "name", "source")
+
+    def __init__(self, name: str, source: str, chain: tuple[Profile, ...]) -> None:
+        assert chain, "a loaded profile has at least itself in its chain"
+        self.name = name
+        self.source = source
+        self.chain = chain
+
+    @property
+    def profile(self) -> Profile:
+        """The effective profile: this one merged over its bases."""
+        return self.chain[-1]
+
+    def __repr__(self) -> str:
+        return f"LoadedProfile({self.name!r}, {self.source!r}, depth={len(self.chain)})"
