@@ -6,9 +6,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mcpshield import __version__
 from mcpshield.errors import ShieldError, UsageError
+
+if TYPE_CHECKING:
+    from mcpshield.policy import Policy
 
 _DESCRIPTION = """\
 mcpshield wraps a local stdio MCP server: it starts the server as its child and relays
@@ -23,6 +27,10 @@ example, in a client's config:
 The server gets a minimal environment (PATH, HOME, USER, LOGNAME, SHELL, TERM, LANG, LC_*,
 TMPDIR, TZ, SSL_CERT_FILE, SSL_CERT_DIR, NODE_EXTRA_CA_CERTS) plus what --env passes.
 mcpshield exits with the server's exit status (128+N if a signal N ended it).
+
+--profile NAME looks for NAME.toml among the user's profiles, then the shipped ones; a PATH
+(with a / or ending in .toml) names a file; `none` runs without a profile. Without --profile,
+the profile whose [server] match fits the command is used (`mcpshield profile list`).
 """
 
 
@@ -45,7 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[=VALUE]",
         help="pass NAME from mcpshield's environment to the server (or set it to VALUE); repeatable",
     )
+    run.add_argument(
+        "--profile",
+        default=None,
+        metavar="NAME|PATH|none",
+        help="the profile to enforce: a name, a .toml path, or `none`; default: the one matching CMD",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the server's command")
+    _add_profile_verbs(verbs)
 
     verbs.add_parser(
         "demo",
@@ -55,12 +70,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_profile_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = verbs.add_parser(
+        "profile",
+        help="list, show, check or create profiles",
+        description="Profiles say what a server may do. See docs/profiles.md.",
+    )
+    sub = group.add_subparsers(dest="profile_verb", metavar="SUBCOMMAND", required=True)
+    sub.add_parser("list", help="list the user's and the shipped profiles")
+    for verb, what in (("show", "print the effective profile as TOML"), ("check", "validate a profile")):
+        sub.add_parser(verb, help=what, description=what).add_argument("ref", metavar="NAME|PATH")
+    sub.add_parser(
+        "init",
+        parents=[_init_options()],
+        help="write a starter profile from the tools a server lists",
+        description="Start CMD, list its tools and write a starter profile: read-looking tools allowed, "
+        "the others ask, everything else denied. Options may come before or after NAME.",
+    ).add_argument("rest", nargs=argparse.REMAINDER, metavar="NAME [OPTIONS] -- CMD [ARGS...]")
+
+
+def _init_options(prog: str | None = None) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(prog=prog, add_help=False)
+    options.add_argument("--force", action="store_true", help="replace an existing profile")
+    options.add_argument("--output", metavar="PATH", help="write here instead of the user's profiles directory")
+    options.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]", help="as for run; repeatable")
+    return options
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.verb == "run":
             return _run(args)
+        if args.verb == "profile":
+            return _profile(args)
         if args.verb == "demo":
             from mcpshield.demo.client import main as demo_main
 
@@ -75,20 +119,76 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    command = list(args.command)
+    command = _server_command(args.command, "mcpshield run")
+    _check_env_flags(args.env)
+    from mcpshield.policy import PassThrough
+    from mcpshield.runner import RunConfig, run_server
+    from mcpshield.supervisor import LaunchSpec, minimal_env, parse_env_flags
+
+    policy: Policy = PassThrough()
+    if args.profile != "none":  # pass-through needs none of the profile machinery (start-up time)
+        policy = _profile_policy(args.profile, command)
+    env = minimal_env(os.environ, parse_env_flags(args.env))
+    return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=policy))
+
+
+def _profile_policy(ref: str | None, command: Sequence[str]) -> Policy:
+    """The policy of the profile named, or of the one matching the command; refuses to go on
+    without one (only `--profile none` runs a server unpoliced)."""
+    from mcpshield.policy.engine import build_policy
+    from mcpshield.profile.load import match_command, no_profile_error, resolve
+
+    loaded = resolve(ref) if ref is not None else match_command(command)
+    if loaded is None:
+        if ref is None:
+            raise no_profile_error(command)
+        from mcpshield.policy import PassThrough
+
+        return PassThrough()
+    sys.stderr.write(f"mcpshield: enforcing profile {loaded.name} ({loaded.source})\n")
+    return build_policy(loaded)
+
+
+def _server_command(words: Sequence[str], verb: str) -> list[str]:
+    command = list(words)
     if command and command[0] == "--":
         command = command[1:]
     if not command:
         raise UsageError(
-            "mcpshield run needs the server's command",
-            "put it after --, e.g. mcpshield run -- npx -y @modelcontextprotocol/server-everything",
+            f"{verb} needs the server's command",
+            f"put it after --, e.g. {verb} -- npx -y @modelcontextprotocol/server-everything",
         )
-    _check_env_flags(args.env)
-    from mcpshield.runner import RunConfig, run_server
-    from mcpshield.supervisor import LaunchSpec, minimal_env, parse_env_flags
+    return command
 
-    env = minimal_env(os.environ, parse_env_flags(args.env))
-    return run_server(RunConfig(launch=LaunchSpec(tuple(command), env)))
+
+def _profile(args: argparse.Namespace) -> int:
+    from mcpshield.profile import commands
+
+    if args.profile_verb == "list":
+        return commands.list_profiles()
+    if args.profile_verb in ("show", "check"):
+        return commands.show(args.ref) if args.profile_verb == "show" else commands.check(args.ref)
+    return _profile_init(args)
+
+
+def _profile_init(args: argparse.Namespace) -> int:
+    """`init [OPTIONS] NAME [OPTIONS] -- CMD`: options after NAME are parsed here, up to `--`."""
+    from mcpshield.profile import commands
+    from mcpshield.supervisor import minimal_env, parse_env_flags
+
+    if not args.rest or args.rest[0].startswith("-"):
+        raise UsageError(
+            "mcpshield profile init needs a NAME", "e.g. mcpshield profile init time -- uvx mcp-server-time"
+        )
+    name, rest = args.rest[0], args.rest[1:]
+    split = rest.index("--") if "--" in rest else 0
+    late = _init_options(f"mcpshield profile init {name}").parse_args(rest[:split])
+    command = _server_command(rest[split:], f"mcpshield profile init {name}")
+    env_flags = [*args.env, *late.env]
+    _check_env_flags(env_flags)
+    env = minimal_env(os.environ, parse_env_flags(env_flags))
+    output = late.output or args.output
+    return commands.init(name, command, env, output=output, force=args.force or late.force)
 
 
 def _check_env_flags(flags: Sequence[str]) -> None:

@@ -3,6 +3,7 @@
     ShieldError                 anything mcpshield refuses to do, with a `tip`
     ├── UsageError              the command line does not say something runnable
     ├── LaunchError             the server could not be started
+    ├── ProfileError            a profile is missing, malformed, ambiguous or cannot be written
     └── UnsupportedPlatform     this OS lacks what the feature needs
 
 The CLI prints `mcpshield: <message>` and `Tip: <tip>` and exits with `exit_code`.
@@ -33,6 +34,13 @@ class LaunchError(ShieldError):
     def __init__(self, message: str, tip: str, exit_code: int = 127) -> None:
         super().__init__(message, tip)
         self.exit_code = exit_code
+
+
+class ProfileError(ShieldError):
+    """A profile cannot be used: not found, malformed (the message names file:line and key),
+    ambiguous, or (for `profile init`) cannot be written."""
+
+    exit_code = 2
 
 
 class UnsupportedPlatform(ShieldError):

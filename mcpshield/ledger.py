@@ -21,6 +21,8 @@ class Entry:
     arguments: Any
     started: float
     cancelled: bool = False
+    #: mcpshield's own request (its answer is for mcpshield, never forwarded).
+    own: bool = False
 
     @property
     def args_hash(self) -> str | None:
@@ -35,10 +37,12 @@ class Ledger:
     Ids are only ever strings or integers (the decoder refuses booleans and fractions), and a
     string never equals an integer, so the id itself is the key: "1" and 1 stay apart."""
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entries", "active_tool_calls")
 
     def __init__(self) -> None:
         self._entries: dict[JsonId, Entry] = {}
+        #: Tool calls in flight that their sender has not withdrawn (for concurrency limits).
+        self.active_tool_calls = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -59,13 +63,17 @@ class Ledger:
             name = params.get("name")
             tool = name if type(name) is str else None
             arguments = params.get("arguments", {})
+            self.active_tool_calls += 1
         entry = Entry(msg.id, msg.method, tool, arguments, now)
         self._entries[key] = entry
         return entry
 
     def close(self, msg_id: JsonId) -> Entry | None:
         """Removes and returns the request an answer belongs to; None if nobody sent it."""
-        return self._entries.pop(msg_id, None)
+        entry = self._entries.pop(msg_id, None)
+        if entry is not None and entry.method == "tools/call" and not entry.cancelled:
+            self.active_tool_calls -= 1
+        return entry
 
     def get(self, msg_id: JsonId) -> Entry | None:
         return self._entries.get(msg_id)
@@ -73,12 +81,15 @@ class Ledger:
     def cancel(self, msg_id: JsonId) -> Entry | None:
         """Marks a request withdrawn by its sender, whose late answer is then dropped."""
         entry = self._entries.get(msg_id)
-        if entry is not None:
+        if entry is not None and not entry.cancelled and not entry.own:
             entry.cancelled = True
+            if entry.method == "tools/call":
+                self.active_tool_calls -= 1
         return entry
 
     def drain(self) -> list[Entry]:
         """Empties the ledger, returning what was still in flight."""
         entries = list(self._entries.values())
         self._entries.clear()
+        self.active_tool_calls = 0
         return entries

@@ -19,6 +19,7 @@ import anyio
 import orjson
 
 from mcpshield import jsonrpc
+from mcpshield.catalog import FETCH_TIMEOUT_S, CatalogFetch
 from mcpshield.fdio import FdReader, FdWriter, is_pollable
 from mcpshield.jsonrpc import NOTIFICATION, REQUEST, RESPONSE, DecodeFailure, Message, Oversized
 from mcpshield.ledger import Entry, Ledger
@@ -59,6 +60,7 @@ class Relay:
         self._from_server = jsonrpc.LineFramer()
         self._to_server: list[bytes] = []
         self._to_client: list[bytes] = []
+        self._fetch = CatalogFetch(self._client_ledger, self._to_server_append)
         self._stderr_partial = b""
         self._shutting_down = False
         self._signals = 0
@@ -180,6 +182,8 @@ class Relay:
             if entry is None:
                 self._refuse_duplicate(msg, self._to_client)
                 return
+            if msg.method == "tools/call" and self._policy.catalog_needed(msg) and self._hold(msg, entry):
+                return
             self._dispatch(msg, TO_SERVER, entry)
         elif kind is RESPONSE:
             self._response(msg, self._server_ledger, TO_SERVER)
@@ -293,7 +297,52 @@ class Relay:
             return
         if entry.cancelled:
             return  # the requester withdrew it: a late answer must not reach it
+        if entry.own:
+            self._own_answer(msg, entry)
+            return
         self._dispatch(msg, direction, entry)
+
+    # -- tool calls held for the server's tool list (see mcpshield.catalog) -------------
+
+    def _to_server_append(self, data: bytes) -> None:
+        self._to_server.append(data)
+
+    def _hold(self, msg: Message, entry: Entry) -> bool:
+        fetch = self._fetch
+        already = fetch.pending
+        if not fetch.can_hold() or not fetch.hold(msg, entry, self._now):
+            return False
+        if already is None:
+            self._loop.call_later(FETCH_TIMEOUT_S, self._fetch_timed_out, fetch.pending)
+        return True
+
+    def _own_answer(self, msg: Message, entry: Entry) -> None:
+        """The server's tool list, asked for by mcpshield: the policy learns it; the client never sees it."""
+        if "result" in msg.body:
+            self._decide(msg, TO_CLIENT, entry)
+        else:
+            self._report("the server refused mcpshield's own tools/list; held tool calls are judged without it")
+        if self._fetch.owns(msg.id):
+            self._judge_held(self._fetch.answered(msg, self._now))
+            if self._fetch.pending is not None:
+                self._loop.call_later(FETCH_TIMEOUT_S, self._fetch_timed_out, self._fetch.pending)
+
+    def _fetch_timed_out(self, own_id: object) -> None:
+        if self._fetch.owns(own_id):  # type: ignore[arg-type]
+            self._report(f"the server did not list its tools within {FETCH_TIMEOUT_S:g} s; judging held calls")
+            self._now = time.monotonic()
+            self._judge_held(self._fetch.release())
+            self._flush()
+
+    def _judge_held(self, held: list[tuple[Message, Entry]]) -> None:
+        for msg, entry in held:
+            if entry.cancelled:
+                self._client_ledger.close(msg.id)  # type: ignore[arg-type]  # withdrawn: never sent
+                continue
+            try:
+                self._dispatch(msg, TO_SERVER, entry)
+            except Exception as exc:  # as in _feed: one message refused, not the relay
+                self._internal_error(exc, msg.raw, TO_SERVER)
 
     def _note_cancel(self, msg: Message, ledger: Ledger) -> None:
         request_id = msg.params.get("requestId")
@@ -320,7 +369,7 @@ class Relay:
 
     def _decide(self, msg: Message, direction: Direction, entry: Entry | None) -> Decision:
         """The single point every decision passes through (the audit log hooks in here)."""
-        ctx = Context(self._now, direction, entry)
+        ctx = Context(self._now, direction, entry, self._client_ledger.active_tool_calls)
         try:
             return self._policy.check(msg, ctx)
         except Exception as exc:  # a failing check must refuse, never wave the message through
@@ -416,7 +465,7 @@ class Relay:
         """Answers every request the server can no longer answer, naming why."""
         reason = f"the MCP server {describe_exit(returncode)} before answering"
         for entry in self._client_ledger.drain():
-            if not entry.cancelled:
+            if not entry.cancelled and not entry.own:
                 self._to_client.append(jsonrpc.error_response(entry.id, jsonrpc.SERVER_ERROR, reason))
         if self._to_client and not self._shutting_down:
             self._report(reason)

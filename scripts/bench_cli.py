@@ -81,7 +81,7 @@ def target_commands() -> dict[str, list[str]]:
     return {
         "direct": server,
         "naive": [python, str(NAIVE_RELAY), "--", *server],
-        "mcpshield": [python, "-m", "mcpshield", "run", "--", *server],
+        "mcpshield": [python, "-m", "mcpshield", "run", "--profile", "none", "--", *server],
     }
 
 

@@ -31,7 +31,9 @@ INIT_PARAMS: Final = {
 
 
 def shield_argv(*server: str, flags: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "mcpshield", "run", *flags, "--", *server]
+    """`mcpshield run` around `server`: pass-through (`--profile none`) unless flags name a profile."""
+    profile = [] if "--profile" in flags else ["--profile", "none"]
+    return [sys.executable, "-m", "mcpshield", "run", *profile, *flags, "--", *server]
 
 
 def fake_argv(*flags: str) -> list[str]:

@@ -96,7 +96,7 @@ def git_server(repo: Path) -> ServerCommand:
 
 
 def wrapper_argv(server: ServerCommand) -> list[str]:
-    return [sys.executable, "-m", "mcpshield", "run", "--", *server.argv]
+    return [sys.executable, "-m", "mcpshield", "run", "--profile", "none", "--", *server.argv]
 
 
 def direct(server: ServerCommand) -> StdioServerParameters:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from mcpshield.jsonrpc import Message
-from mcpshield.policy import ALLOW, Ask, Context, Decision, Deny, Rewrite
+from mcpshield.policy import ALLOW, Ask, Context, Decision, Deny, PassThrough, Rewrite
 from mcpshield.relay import Relay
 
 CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}\n'
@@ -25,7 +25,7 @@ class Collect:
         return [json.loads(line) for line in self.data.splitlines()]
 
 
-class Always:
+class Always(PassThrough):
     """A policy that returns one decision for every message."""
 
     def __init__(self, decision: Decision) -> None:
@@ -35,7 +35,7 @@ class Always:
         return self.decision
 
 
-class Broken:
+class Broken(PassThrough):
     def check(self, msg: Message, ctx: Context) -> Decision:
         raise KeyError("a bug in a check")
 

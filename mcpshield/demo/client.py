@@ -89,7 +89,7 @@ def _request(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
 
 def main() -> int:
     server = [sys.executable, "-m", "mcpshield.demo.server"]
-    command = [sys.executable, "-m", "mcpshield", "run", "--", *server]
+    command = [sys.executable, "-m", "mcpshield", "run", "--profile", "none", "--", *server]
     _say("$ mcpshield run -- " + " ".join(server))
     # A secret in mcpshield's own environment that the server must not see.
     env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "demo-not-a-real-key"}

@@ -62,16 +62,18 @@ ALLOW = Allow()
 
 
 class Context:
-    """What a check may know besides the message: the time, the way, and the request a
-    response answers (None for requests and notifications). Built once per message, so a
-    plain slotted class; treat it as immutable."""
+    """What a check may know besides the message: the time, the way, the request a response
+    answers (for a request: its own ledger entry; None for notifications), and how many of the
+    client's tool calls are in flight, this one included. Built once per message, so a plain
+    slotted class; treat it as immutable."""
 
-    __slots__ = ("direction", "now", "request")
+    __slots__ = ("active_calls", "direction", "now", "request")
 
-    def __init__(self, now: float, direction: Direction, request: Entry | None = None) -> None:
+    def __init__(self, now: float, direction: Direction, request: Entry | None = None, active_calls: int = 0) -> None:
         self.now = now
         self.direction = direction
         self.request = request
+        self.active_calls = active_calls
 
 
 class Policy(Protocol):
@@ -79,9 +81,17 @@ class Policy(Protocol):
 
     def check(self, msg: Message, ctx: Context) -> Decision: ...
 
+    def catalog_needed(self, msg: Message) -> bool:
+        """Whether judging this tools/call needs the server's tool list, not yet seen: the relay
+        then holds the call, fetches the list itself, and asks again."""
+        ...
+
 
 class PassThrough:
     """The explicit no-profile policy: every well-formed message passes unchanged."""
 
     def check(self, msg: Message, ctx: Context) -> Decision:
         return ALLOW
+
+    def catalog_needed(self, msg: Message) -> bool:
+        return False

@@ -1,0 +1,421 @@
+"""The argument conditions of `[[rules]]`: compiled once at profile load, checked on every call.
+
+No I/O but the injected path resolver (`os.path.realpath` by default: it follows symlinks on disk)
+and `os.getcwd()` for relative paths, since the server inherits mcpshield's working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+from mcpshield.policy.hosts import host_glob, url_host
+from mcpshield.profile.model import ArgCondition
+
+#: Longer values are unusable for regex conditions: a careless pattern on a long subject can
+#: backtrack for seconds, and no legitimate value checked by a pattern is this long.
+MAX_REGEX_SUBJECT_CHARS: Final = 64 * 1024
+#: A refusal is read by a model: room for a path and a root, not for a pasted file.
+MAX_MESSAGE_CHARS: Final = 300
+#: One value quoted inside a message.
+MAX_SHOWN_VALUE_CHARS: Final = 120
+
+PathResolver = Callable[[str], str]
+#: (the condition holds, how the value was read where that differs from the value as given)
+Reading = tuple[bool, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    """The first condition of a rule that did not hold, in words a model can act on."""
+
+    argument: str
+    condition: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def printable(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` with control, format and separator characters escaped, cut to `limit` characters."""
+    escaped = "".join(_escape(ch) for ch in text[: limit + 1])
+    if len(escaped) > limit:
+        return escaped[: limit - 1] + "…"
+    return escaped
+
+
+def _escape(ch: str) -> str:
+    if ch.isprintable() or ch == " ":
+        return ch
+    return ch.encode("unicode_escape").decode("ascii")
+
+
+def _show(value: object) -> str:
+    """A value as it appears after `got`: strings quoted, everything else as JSON."""
+    if isinstance(value, str):
+        return '"' + printable(value, MAX_SHOWN_VALUE_CHARS) + '"'
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = f"a {type(value).__name__}"
+    return printable(text, MAX_SHOWN_VALUE_CHARS)
+
+
+def _listing(items: Iterable[str]) -> str:
+    shown = list(items)
+    return shown[0] if len(shown) == 1 else "one of " + ", ".join(shown)
+
+
+class _Condition:
+    """One compiled condition: `readings` is None for an unusable value, else one Reading per
+    interpretation of the value."""
+
+    __slots__ = ("expect", "key", "usable")
+    #: False for conditions that judge a list as a whole rather than element by element.
+    per_element = True
+
+    def __init__(self, key: str, expect: str, usable: str) -> None:
+        self.key = key
+        self.expect = expect
+        self.usable = usable
+
+    def readings(self, value: object) -> Sequence[Reading] | None:
+        raise NotImplementedError
+
+
+# -- paths --------------------------------------------------------------------------------
+
+
+def _expand_home(path: str, home: str) -> str | None:
+    """`~` and `~/x` against `home`; `~user` is None, as servers disagree on it."""
+    if path == "~" or path.startswith("~/"):
+        return home + path[1:]
+    return None if path.startswith("~") else path
+
+
+def _lexical(path: str) -> str:
+    """`..` collapsed textually, as Node's path.resolve does; `//x` is `/x` on Linux and macOS."""
+    normal = os.path.normpath(path)
+    return "/" + normal.lstrip("/") if normal.startswith("//") else normal
+
+
+def _file_uri_path(uri: str) -> str | None:
+    """The local path a `file:` URI names, or None for a remote host or an undecodable path."""
+    try:
+        parts = urlsplit(uri)
+        path = unquote(parts.path, errors="strict")
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if parts.scheme != "file" or parts.netloc.lower() not in ("", "localhost"):
+        return None
+    return path if path.startswith("/") else None
+
+
+class _PathReader:
+    """Turns an argument into its two readings: lexical, and as the OS resolves it."""
+
+    __slots__ = ("_home", "_resolve")
+
+    def __init__(self, resolve: PathResolver, home: str) -> None:
+        self._resolve = resolve
+        self._home = home
+
+    def absolute(self, value: object) -> str | None:
+        if not isinstance(value, str) or not value:
+            return None
+        path: str | None = _file_uri_path(value) if value[:5].lower() == "file:" else value
+        if path is None or "\x00" in path:
+            return None
+        path = _expand_home(path, self._home)
+        if path is None or os.path.isabs(path):
+            return path
+        try:
+            return os.path.join(os.getcwd(), path)
+        except OSError:  # the working directory was removed
+            return None
+
+    def read(self, value: object) -> tuple[tuple[str, str | None], ...] | None:
+        raw = self.absolute(value)
+        if raw is None:
+            return None
+        lexical = _lexical(raw)
+        try:
+            resolved = _lexical(self._resolve(raw))
+        except (OSError, ValueError):
+            return None
+        return (
+            (lexical, None if lexical == value else f"which is {lexical}"),
+            (resolved, None if resolved == lexical else f"which resolves to {resolved}"),
+        )
+
+
+class _Roots:
+    """Directories, each counted in its lexical and its resolved form."""
+
+    __slots__ = ("_prefixes", "shown")
+
+    def __init__(self, roots: Iterable[str], resolve: PathResolver, home: str) -> None:
+        forms: list[str] = []
+        shown: list[str] = []
+        for root in roots:
+            expanded = _expand_home(root, home)
+            if not expanded or "\x00" in expanded:
+                raise ValueError(f"{root!r} is not a directory mcpshield can check against (use ~ or ~/...)")
+            absolute = os.path.join(os.getcwd(), expanded)  # a no-op for an absolute root
+            lexical = _lexical(absolute)
+            shown.append(printable(lexical, MAX_SHOWN_VALUE_CHARS))
+            forms += [lexical, _lexical(resolve(absolute))]
+        self._prefixes = tuple(dict.fromkeys((form, form.rstrip("/") + "/") for form in forms))
+        self.shown = tuple(shown) or ("(no directory)",)
+
+    def contain(self, path: str) -> bool:
+        """Component-wise: `/a/b` contains `/a/b` and `/a/b/c`, not `/a/bc`."""
+        return any(path == root or path.startswith(prefix) for root, prefix in self._prefixes)
+
+
+class _Within(_Condition):
+    __slots__ = ("_inside", "_reader", "_roots")
+
+    def __init__(self, roots: _Roots, reader: _PathReader, inside: bool) -> None:
+        where = _listing(roots.shown)
+        expect = f"be inside {where}" if inside else f"not be inside {where}"
+        super().__init__("within" if inside else "not_within", expect, "a local path or file:// URI")
+        self._roots = roots
+        self._reader = reader
+        self._inside = inside
+
+    def readings(self, value: object) -> Sequence[Reading] | None:
+        paths = self._reader.read(value)
+        if paths is None:
+            return None
+        return tuple((self._roots.contain(path) == self._inside, note) for path, note in paths)
+
+
+# -- strings and scalars -------------------------------------------------------------------
+
+
+class _Regex(_Condition):
+    __slots__ = ("_patterns", "_want")
+
+    def __init__(self, patterns: Sequence[str], want: bool) -> None:
+        listed = ", ".join(printable(p, 60) for p in patterns) or "(no pattern)"
+        expect = f"fully match one of the patterns {listed}" if want else f"match none of the patterns {listed}"
+        usable = f"a string of at most {MAX_REGEX_SUBJECT_CHARS} characters"
+        super().__init__("matches" if want else "not_matches", expect, usable)
+        self._patterns = tuple(re.compile(p) for p in patterns)
+        self._want = want
+
+    def readings(self, value: object) -> Sequence[Reading] | None:
+        if not isinstance(value, str) or len(value) > MAX_REGEX_SUBJECT_CHARS:
+            return None
+        matched = any(pattern.fullmatch(value) for pattern in self._patterns)
+        return ((matched == self._want, None),)
+
+
+def _scalar_key(value: object) -> tuple[str, object] | None:
+    """A key under which equal scalars meet: 1 and 1.0 do, true and 1 never do."""
+    if value is None:
+        return ("null", None)
+    if isinstance(value, bool):
+        return ("bool", value)
+    if isinstance(value, int | float):
+        return ("number", value)
+    if isinstance(value, str):
+        return ("string", value)
+    return None
+
+
+class _OneOf(_Condition):
+    __slots__ = ("_keys",)
+
+    def __init__(self, options: Sequence[object]) -> None:
+        listed = ", ".join(_show(option) for option in options) or "(nothing)"
+        super().__init__("one_of", f"be one of {listed}", "a string, number, true, false or null")
+        self._keys = frozenset(_scalar_key(option) for option in options)
+
+    def readings(self, value: object) -> Sequence[Reading] | None:
+        key = _scalar_key(value)
+        return None if key is None else ((key in self._keys, None),)
+
+
+class _MaxLength(_Condition):
+    __slots__ = ("_limit",)
+    per_element = False
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("max_length", f"be at most {limit} characters (or {limit} bytes as JSON)", "JSON")
+        self._limit = limit
+
+    def readings(self, value: object) -> Sequence[Reading] | None:
+        if isinstance(value, str):
+            size, unit = len(value), "characters"
+        else:
+            try:
+                size, unit = len(orjson.dumps(value)), "bytes as JSON"
+            except TypeError:  # orjson.JSONEncodeError: not JSON (a huge int, deep nesting)
+                return None
+        return ((size <= self._limit, f"which is {size} {unit}"),)
+
+
+# -- hosts ---------------------------------------------------------------------------------
+
+
+class _Hosts(_Condition):
+    __slots__ = ("_any", "_exact", "_suffixes")
+
+    def __init__(self, globs: Sequence[str]) -> None:
+        listed = ", ".join(printable(glob, 60) for glob in globs) or "(no host)"
+        expect = f"be a URL whose host matches {listed}"
+        usable = "a plain http, https, ws or wss URL (no user@, spaces, backslashes or unusual host forms)"
+        super().__init__("hosts", expect, usable)
+        self._any = "*" in globs
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        for glob in globs:
+            if glob != "*":
+                wildcard, host = host_glob(glob)
+                if wildcard:
+                    suffixes.append("." + host)
+                else:
+                    exact.add(host)
+        self._exact = frozenset(exact)
+        self._suffixes = tuple(suffixes)
+
+    def readings(self, value: object) -> Sequence[Reading] | None:
+        host = url_host(value)
+        if host is None:
+            return None
+        holds = self._any or host in self._exact or host.endswith(self._suffixes)
+        return ((holds, f"whose host is {host}"),)
+
+
+# -- rules ---------------------------------------------------------------------------------
+
+
+def _values(value: object, per_element: bool) -> Sequence[object] | None:
+    """The values a condition judges; an empty list is None: there is nothing to check."""
+    if per_element and isinstance(value, list):
+        return value or None
+    return (value,)
+
+
+def _all_hold(name: str, condition: _Condition, present: bool, value: object) -> Mismatch | None:
+    """The allow/ask reading: every value, every interpretation."""
+    must = f"{name} must {condition.expect}"
+    if not present:
+        return _mismatch(name, condition, f"{must} (it was not given)")
+    values = _values(value, condition.per_element)
+    if values is None:
+        return _mismatch(name, condition, f"{must} (got an empty list)")
+    for each in values:
+        readings = condition.readings(each)
+        if readings is None:
+            return _mismatch(name, condition, f"{must} (got {_show(each)}, which is not {condition.usable})")
+        for holds, note in readings:
+            if not holds:
+                return _mismatch(name, condition, f"{must} (got {_show(each)}{', ' + note if note else ''})")
+    return None
+
+
+def _any_holds(name: str, condition: _Condition, present: bool, value: object) -> Mismatch | None:
+    """The deny reading: some value, some interpretation, or nothing usable to check."""
+    values = _values(value, condition.per_element) if present else None
+    if values is None:
+        return None
+    for each in values:
+        readings = condition.readings(each)
+        if readings is None or any(holds for holds, _ in readings):
+            return None
+    return _mismatch(
+        name, condition, f"the rule applies only when {name} would {condition.expect} (got {_show(value)})"
+    )
+
+
+def _mismatch(name: str, condition: _Condition, message: str) -> Mismatch:
+    return Mismatch(name, condition.key, printable(message))
+
+
+class CompiledArgs:
+    """The conditions of one rule, ready to check: `check` is None when the rule matches."""
+
+    __slots__ = ("_conditions", "restrictive")
+
+    def __init__(self, conditions: Sequence[tuple[str, Sequence[_Condition]]], restrictive: bool) -> None:
+        self._conditions = tuple(conditions)
+        #: True for allow/ask rules (every value must pass), False for deny rules (any value).
+        self.restrictive = restrictive
+
+    def check(self, arguments: Mapping[str, Any]) -> Mismatch | None:
+        judge = _all_hold if self.restrictive else _any_holds
+        for name, conditions in self._conditions:
+            present = name in arguments
+            value = arguments.get(name)
+            for condition in conditions:
+                mismatch = judge(name, condition, present, value)
+                if mismatch is not None:
+                    return mismatch
+        return None
+
+    def __repr__(self) -> str:
+        names = ", ".join(name for name, _ in self._conditions)
+        return f"CompiledArgs({names}, restrictive={self.restrictive})"
+
+
+def _compile_one(condition: ArgCondition, reader: _PathReader, resolve: PathResolver, home: str) -> list[_Condition]:
+    """In the order a model can best act on: size first, then where, then what."""
+    out: list[_Condition] = []
+    if condition.max_length is not None:
+        out.append(_MaxLength(condition.max_length))
+    if condition.within is not None:
+        out.append(_Within(_Roots(condition.within, resolve, home), reader, inside=True))
+    if condition.not_within is not None:
+        out.append(_Within(_Roots(condition.not_within, resolve, home), reader, inside=False))
+    if condition.one_of is not None:
+        out.append(_OneOf(condition.one_of))
+    if condition.matches is not None:
+        out.append(_Regex(condition.matches, want=True))
+    if condition.not_matches is not None:
+        out.append(_Regex(condition.not_matches, want=False))
+    if condition.hosts is not None:
+        out.append(_Hosts(condition.hosts))
+    return out
+
+
+def compile_conditions(
+    args: Mapping[str, ArgCondition],
+    action: str,
+    resolve: PathResolver = os.path.realpath,
+    home: str | None = None,
+) -> CompiledArgs:
+    """Compiles the `args` of a rule with `action` (allow, ask or deny).
+
+    What cannot be checked is read the restrictive way. A condition of an allow/ask rule holds
+    only if the argument is present, usable, and the condition holds for every value (each
+    element of a list; `max_length` judges the list whole) under every reading; a condition of a
+    deny rule holds if the argument is absent or unusable, or if it holds for some value under
+    some reading. An empty list is unusable: it has nothing to check. So a deny rule with
+    `not_within = R` matches exactly when an allow rule with `within = R` would not.
+
+    Expands `~` against `home` (default: the user's), resolves the configured directories with
+    `resolve` (a root counts in both its lexical and its resolved form), compiles regexes and host
+    globs. Raises ValueError naming the argument for a directory or host glob that cannot be
+    checked; the profile loader turns it into its own error.
+    """
+    if action not in ("allow", "ask", "deny"):
+        raise ValueError(f"unknown rule action {action!r}")
+    home_dir = os.path.expanduser("~") if home is None else home
+    reader = _PathReader(resolve, home_dir)
+    compiled: list[tuple[str, Sequence[_Condition]]] = []
+    for name, condition in args.items():
+        try:
+            compiled.append((name, _compile_one(condition, reader, resolve, home_dir)))
+        except (ValueError, OSError) as exc:
+            raise ValueError(f"argument {name!r}: {exc}") from exc
+    return CompiledArgs(compiled, restrictive=action != "deny")
