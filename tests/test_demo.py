@@ -16,7 +16,11 @@ def test_the_demo_shows_passes_refusals_and_a_clean_exit() -> None:
     )
     out = done.stdout.decode()
     assert done.returncode == 0, out + done.stderr.decode()
+    assert "tools/list                         passed: tools echo, add, whoami, noisy\n" in out
     assert "tools/call add                     passed: 42" in out
+    assert "tools/call add (undeclared arg)    refused: mcpshield refused this call: unexpected argument" in out
+    assert "tools/call echo (a password)       refused: mcpshield refused this call: that text looks like" in out
+    assert "tools/call shell (not in profile)  refused: -32602 Unknown tool: shell" in out
     assert "AWS_SECRET_ACCESS_KEY not passed" in out
     assert "a JSON-RPC batch                   refused: -32600" in out
     assert "a request with a duplicate key     refused: -32600" in out

@@ -7,11 +7,30 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import IO, Any, Final
 
 #: The demo's bound on any one answer; the demo server answers in milliseconds.
 ANSWER_TIMEOUT_S: Final = 10.0
+
+#: The profile the demo enforces: what a user would write for a server like the demo's.
+DEMO_PROFILE: Final = """\
+[server]
+name = "demo"
+
+[tools]
+default = "deny"                      # `shell` is named nowhere: hidden, and unknown if called
+allow = ["echo", "add", "whoami", "noisy"]
+
+[[rules]]                             # a rule on an argument: tried before the allow list
+tool = "echo"
+action = "deny"
+reason = "that text looks like it holds a password"
+[rules.args.text]
+matches = "(?i).*password.*"
+"""
 
 
 def _say(text: str) -> None:
@@ -54,6 +73,9 @@ def _show(label: str, answer: dict[str, Any]) -> None:
         _say(f"  {label:<34} refused: {answer['error']['code']} {answer['error']['message']}")
         return
     result = answer["result"]
+    if result.get("isError"):
+        _say(f"  {label:<34} refused: {result['content'][0]['text'][:90]}")
+        return
     if "tools" in result:
         _say(f"  {label:<34} passed: tools {', '.join(t['name'] for t in result['tools'])}")
     elif "content" in result:
@@ -69,11 +91,14 @@ def _script(peer: _Peer) -> None:
         ("tools/list", _request(2, "tools/list", {})),
         ("tools/call echo", _request(3, "tools/call", {"name": "echo", "arguments": {"text": "hello"}})),
         ("tools/call add", _request(4, "tools/call", {"name": "add", "arguments": {"a": 2, "b": 40}})),
-        ("tools/call whoami (environment)", _request(5, "tools/call", {"name": "whoami", "arguments": {}})),
-        ("tools/call noisy (stray stdout)", _request(6, "tools/call", {"name": "noisy", "arguments": {}})),
+        ("tools/call add (undeclared arg)", _call(5, "add", {"a": 2, "b": 40, "mode": "sudo"})),
+        ("tools/call echo (a password)", _call(6, "echo", {"text": "my password is hunter2"})),
+        ("tools/call shell (not in profile)", _call(7, "shell", {"command": "rm -rf ~"})),
+        ("tools/call whoami (environment)", _request(8, "tools/call", {"name": "whoami", "arguments": {}})),
+        ("tools/call noisy (stray stdout)", _request(9, "tools/call", {"name": "noisy", "arguments": {}})),
         ("a line that is not JSON", b"this is not json"),
-        ("a JSON-RPC batch", b'[{"jsonrpc":"2.0","id":7,"method":"ping"}]'),
-        ("a request with a duplicate key", b'{"jsonrpc":"2.0","id":8,"method":"tools/call","method":"ping"}'),
+        ("a JSON-RPC batch", b'[{"jsonrpc":"2.0","id":10,"method":"ping"}]'),
+        ("a request with a duplicate key", b'{"jsonrpc":"2.0","id":11,"method":"tools/call","method":"ping"}'),
     ]
     peer.send_raw(steps[0][1])
     _show(steps[0][0], peer.receive())
@@ -87,10 +112,24 @@ def _request(msg_id: int, method: str, params: dict[str, Any]) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode()
 
 
+def _call(msg_id: int, tool: str, arguments: dict[str, Any]) -> bytes:
+    return _request(msg_id, "tools/call", {"name": tool, "arguments": arguments})
+
+
 def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="mcpshield-demo-") as tmp:
+        profile = Path(tmp) / "demo.toml"
+        profile.write_text(DEMO_PROFILE, encoding="utf-8")
+        _say(f"the profile ({profile.name}):")
+        for line in DEMO_PROFILE.splitlines():
+            _say(f"  | {line}")
+        return _session(profile)
+
+
+def _session(profile: Path) -> int:
     server = [sys.executable, "-m", "mcpshield.demo.server"]
-    command = [sys.executable, "-m", "mcpshield", "run", "--profile", "none", "--", *server]
-    _say("$ mcpshield run -- " + " ".join(server))
+    command = [sys.executable, "-m", "mcpshield", "run", "--profile", str(profile), "--", *server]
+    _say(f"\n$ mcpshield run --profile {profile.name} -- " + " ".join(server))
     # A secret in mcpshield's own environment that the server must not see.
     env = {**os.environ, "AWS_SECRET_ACCESS_KEY": "demo-not-a-real-key"}
     proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)

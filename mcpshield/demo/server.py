@@ -1,8 +1,8 @@
 """A small MCP server for `mcpshield demo`: stdlib only, one message per line on stdio.
 
 Tools: `echo` (returns its text), `add` (adds two numbers), `whoami` (the environment
-variables the server was given) and `noisy` (prints a stray non-JSON line on stdout first,
-as careless servers do).
+variables the server was given), `noisy` (prints a stray non-JSON line on stdout first,
+as careless servers do) and `shell` (pretends to run a command: what a profile should hide).
 """
 
 from __future__ import annotations
@@ -37,6 +37,11 @@ _TOOLS = [
         "description": "Prints a stray debug line on stdout, then answers.",
         "inputSchema": {"type": "object", "properties": {}},
     },
+    {
+        "name": "shell",
+        "description": "Runs a shell command (the demo only pretends to).",
+        "inputSchema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+    },
 ]
 
 
@@ -59,6 +64,8 @@ def _call(name: str, args: dict[str, Any]) -> dict[str, Any]:
     if name == "noisy":
         sys.stdout.write("DEBUG: noisy tool called\n")
         return _text("done (and printed a stray line on stdout)")
+    if name == "shell":
+        return _text(f"would have run: {args.get('command')}")
     return {"content": [{"type": "text", "text": f"no tool {name}"}], "isError": True}
 
 
