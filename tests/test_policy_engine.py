@@ -306,6 +306,22 @@ def test_resources_and_prompts_by_pattern() -> None:
     assert isinstance(leak, Deny) and leak.code == jsonrpc.INVALID_PARAMS
 
 
+def test_templates_completions_and_updates_of_hidden_resources_and_prompts_are_refused() -> None:
+    session = Session(profile(resources={"deny": ["fake://secret/*"]}, prompts={"deny": ["leak"]}))
+    templates = [{"uriTemplate": "fake://public/{name}"}, {"uriTemplate": "fake://secret/{name}"}]
+    listed = session.answer("resources/templates/list", {}, {"resourceTemplates": templates})
+    assert isinstance(listed, Rewrite) and listed.body["result"]["resourceTemplates"] == templates[:1]
+    for ref in ({"type": "ref/prompt", "name": "leak"}, {"type": "ref/resource", "uri": "fake://secret/{name}"}):
+        completion = session.request("completion/complete", {"ref": ref, "argument": {"name": "n", "value": ""}})
+        assert isinstance(completion, Deny), ref
+    allowed = {"ref": {"type": "ref/prompt", "name": "greet"}, "argument": {"name": "n", "value": ""}}
+    assert isinstance(session.request("completion/complete", allowed), Allow)
+    update = decode({"method": "notifications/resources/updated", "params": {"uri": "fake://secret/k"}})
+    assert isinstance(session.policy.check(update, Context(session.now, TO_CLIENT)), Deny)
+    update = decode({"method": "notifications/resources/updated", "params": {"uri": "fake://public/k"}})
+    assert isinstance(session.policy.check(update, Context(session.now, TO_CLIENT)), Allow)
+
+
 def test_other_messages_pass_untouched() -> None:
     session = Session(FS)
     assert session.request("ping", {}) is not None

@@ -58,12 +58,14 @@ class ProfilePolicy:
             "resources/read": self._resource_read,
             "resources/subscribe": self._resource_read,
             "prompts/get": self._prompt_get,
+            "completion/complete": self._completion,
             "initialize": self._initialize,
         }
         self._results: dict[str, Handler] = {
             "tools/list": self._tools_listed,
             "resources/list": self._resources_listed,
             "prompts/list": self._prompts_listed,
+            "resources/templates/list": self._templates_listed,
             "tools/call": self._input_required,
             "resources/read": self._input_required,
             "prompts/get": self._input_required,
@@ -87,6 +89,8 @@ class ProfilePolicy:
             return self._server_request(msg)
         if msg.method == "notifications/tools/list_changed":
             self._listed = False
+        elif msg.method == "notifications/resources/updated":
+            return self._resource_updated(msg)
         return ALLOW
 
     def catalog_needed(self, msg: Message) -> bool:
@@ -182,9 +186,29 @@ class ProfilePolicy:
 
     def _prompt_get(self, msg: Message, ctx: Context) -> Decision:
         name = msg.params.get("name")
-        if type(name) is not str:
-            return ALLOW
+        return self._prompt_get_named(name) if type(name) is str else ALLOW
+
+    def _prompt_get_named(self, name: str) -> Decision:
         return _named(self._prompts, name, lambda: Deny(f"Unknown prompt: {name}", jsonrpc.INVALID_PARAMS))
+
+    def _completion(self, msg: Message, ctx: Context) -> Decision:
+        """Completing an argument of a prompt or resource the profile denies would reveal it."""
+        ref = msg.params.get("ref")
+        if type(ref) is not dict:
+            return ALLOW
+        if ref.get("type") == "ref/prompt" and type(ref.get("name")) is str:
+            return self._prompt_get_named(ref["name"])
+        if ref.get("type") == "ref/resource" and type(ref.get("uri")) is str:
+            uri = ref["uri"]
+            return _named(self._resources, uri, lambda: Deny(f"Resource not found: {uri}", RESOURCE_NOT_FOUND))
+        return ALLOW
+
+    def _resource_updated(self, msg: Message) -> Decision:
+        """News of a resource the client may not see is dropped (a notification gets no answer)."""
+        uri = msg.params.get("uri")
+        if type(uri) is str and not all(judge.visible(uri) for judge in self._resources):
+            return Deny(f"update of a hidden resource {uri}", None, "resources")
+        return ALLOW
 
     def _initialize(self, msg: Message, ctx: Context) -> Decision:
         """Tells the server up front which client features the profile denies it."""
@@ -256,6 +280,10 @@ class ProfilePolicy:
 
     def _prompts_listed(self, msg: Message, ctx: Context) -> Decision:
         return _filter_list(msg, "prompts", "name", self._prompts)
+
+    def _templates_listed(self, msg: Message, ctx: Context) -> Decision:
+        """Templates are judged by their text: `fake://secret/*` hides `fake://secret/{id}`."""
+        return _filter_list(msg, "resourceTemplates", "uriTemplate", self._resources)
 
     def _roots_answered(self, msg: Message) -> Decision:
         result = msg.body.get("result")
