@@ -363,9 +363,12 @@ class Relay:
         else:
             assert isinstance(decision, Ask)
             # Until an approval channel exists, nobody can answer: refuse, as a timeout would.
-            self._refuse(
-                msg, direction, f"needs a person's approval, and no approver is available: {decision.prompt}", None
+            what = "call" if msg.method == "tools/call" else "request"
+            reason = (
+                f"mcpshield refused this {what}: the profile says a person must approve it ({decision.prompt}), "
+                "and no approver is available"
             )
+            self._refuse(msg, direction, reason, None)
 
     def _decide(self, msg: Message, direction: Direction, entry: Entry | None) -> Decision:
         """The single point every decision passes through (the audit log hooks in here)."""

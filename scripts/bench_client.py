@@ -26,6 +26,14 @@ SHUTDOWN_GRACE_S = 2.0
 RSS_SAMPLE_INTERVAL_S = 0.005
 # One read drains a pipe (64 KiB) many times over.
 READ_CHUNK = 1 << 20
+INVALID_PARAMS = -32602
+# Request ids of the session's set-up; the measured calls count up from 1.
+INITIALIZE_ID = 0
+LIST_TOOLS_ID = "tools"
+# A tool scripts/bench_profile.toml does not allow: mcpshield answers "Unknown tool" itself.
+UNKNOWN_TOOL = "shell"
+# Echo text the deny rule of scripts/bench_profile.toml refuses: mcpshield answers with isError.
+REFUSED_TEXT = "refuse me"
 
 
 class BenchError(Exception):
@@ -150,23 +158,54 @@ def running(command: list[str], cwd: Path) -> Iterator[Conn]:
         conn.close()
 
 
-def check_response(line: bytes, expected_id: object) -> dict[str, Any]:
+def parse_response(line: bytes, expected_id: object) -> dict[str, Any]:
+    """The response to `expected_id`, result or error; anything else is the target's fault."""
     try:
         message = json.loads(line)
     except ValueError as exc:
         raise BenchError(f"non-JSON line on stdout: {line[:80]!r}") from exc
     if not isinstance(message, dict) or message.get("id") != expected_id:
         raise BenchError(f"expected the response to id {expected_id!r}, got {line[:120]!r}")
+    return message
+
+
+def check_response(line: bytes, expected_id: object) -> dict[str, Any]:
+    """The successful response to `expected_id`."""
+    message = parse_response(line, expected_id)
     if "error" in message:
         raise BenchError(f"request {expected_id!r} failed: {message['error']}")
     return message
+
+
+def check_echo(line: bytes, expected_id: object) -> dict[str, Any]:
+    """The echo's answer; a refusal (a result with isError) is an error here, not a fast echo."""
+    message = check_response(line, expected_id)
+    result = message.get("result")
+    if not isinstance(result, dict) or result.get("isError"):
+        raise BenchError(f"the echo call {expected_id!r} was refused: {line[:200]!r}")
+    return message
+
+
+def check_unknown_tool(line: bytes, expected_id: object) -> None:
+    """The answer to a call of a tool the profile hides: a -32602 "Unknown tool" error."""
+    error = parse_response(line, expected_id).get("error")
+    message = str(error.get("message")) if isinstance(error, dict) else ""
+    if not isinstance(error, dict) or error.get("code") != INVALID_PARAMS or "Unknown tool" not in message:
+        raise BenchError(f"expected an Unknown tool error, got {line[:200]!r}")
+
+
+def check_tool_refused(line: bytes, expected_id: object) -> None:
+    """The answer to a call a rule refuses: a result with isError, carrying the reason."""
+    result = check_response(line, expected_id).get("result")
+    if not isinstance(result, dict) or result.get("isError") is not True:
+        raise BenchError(f"expected a tool result with isError, got {line[:200]!r}")
 
 
 def initialize(conn: Conn) -> None:
     conn.request(
         {
             "jsonrpc": "2.0",
-            "id": 0,
+            "id": INITIALIZE_ID,
             "method": "initialize",
             "params": {
                 "protocolVersion": "2025-11-25",
@@ -179,9 +218,24 @@ def initialize(conn: Conn) -> None:
     conn.flush()
 
 
-def echo_request(request_id: int, text: str = "hello") -> bytes:
-    call = {"name": "echo", "arguments": {"text": text}}
+def list_tools(conn: Conn) -> None:
+    """tools/list, as clients do after initialize; the echo tool must be there with its schema
+    (a profile checks the arguments of every call against it)."""
+    reply = conn.request({"jsonrpc": "2.0", "id": LIST_TOOLS_ID, "method": "tools/list"})
+    result = reply.get("result")
+    tools = result.get("tools") if isinstance(result, dict) else None
+    schemas = [t.get("inputSchema") for t in tools or [] if isinstance(t, dict) and t.get("name") == "echo"]
+    if not isinstance(tools, list) or not schemas or not isinstance(schemas[0], dict):
+        raise BenchError(f"tools/list did not declare the echo tool with its inputSchema: {str(reply)[:200]}")
+
+
+def call_request(request_id: int, tool: str, arguments: dict[str, Any]) -> bytes:
+    call = {"name": tool, "arguments": arguments}
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": call}).encode()
+
+
+def echo_request(request_id: int, text: str = "hello") -> bytes:
+    return call_request(request_id, "echo", {"text": text})
 
 
 class RssSampler:

@@ -5,29 +5,52 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 from conftest import ROOT
 
+#: Bound on the whole quick run; it takes a few seconds on an idle machine.
+QUICK_RUN_TIMEOUT_S = 120
+TARGETS = {"direct", "naive", "mcpshield", "profile"}
+REFUSED_KINDS = {"unknown_tool", "rule"}
 
-def test_a_quick_bench_run_measures_every_target() -> None:
+
+def quick_bench() -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--json"],
         capture_output=True,
-        timeout=120,
+        timeout=QUICK_RUN_TIMEOUT_S,
         check=False,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr.decode()
-    targets = json.loads(done.stdout)["targets"]
-    assert set(targets) == {"direct", "naive", "mcpshield"}
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def test_a_quick_bench_run_measures_every_target_and_the_refused_calls() -> None:
+    report = quick_bench()
+    targets = report["targets"]
+    assert set(targets) == TARGETS
     for name, figures in targets.items():
         assert "error" not in figures, (name, figures)
+        assert figures["p50_us"] > 0
         assert figures["calls_per_s"] > 0
+        assert figures["startup_ms"] > 0
         assert figures["load_rss_mb"] > 0
-    assert [c["name"] for c in targets["mcpshield"]["verdict"]["checks"]] == [
-        "added p50",
-        "throughput",
-        "10 MB echo",
-        "startup over direct",
-        "RSS under load",
-    ]
+    for name in ("naive", "mcpshield", "profile"):
+        assert [c["name"] for c in targets[name]["verdict"]["checks"]] == [
+            "added p50",
+            "throughput",
+            "10 MB echo",
+            "startup over direct",
+            "RSS under load",
+        ]
+    # Only the profile refuses calls; the bench checked every answer (an Unknown tool error, an
+    # isError result) and counts the ones it timed.
+    profile = targets["profile"]
+    assert set(profile["refused_p50_us"]) == REFUSED_KINDS
+    assert all(p50 > 0 for p50 in profile["refused_p50_us"].values())
+    assert profile["refused_calls"] == dict.fromkeys(REFUSED_KINDS, report["counts"]["refused_calls"])
+    for name in TARGETS - {"profile"}:
+        assert "refused_p50_us" not in targets[name]

@@ -62,37 +62,37 @@ def _matches(rule: CompiledArgs, value: object) -> bool:
 # -- paths ---------------------------------------------------------------------------------
 
 ESCAPES = [
-    "public/../secret",
-    "public/../secret/s.txt",
+    "~/public/../secret",
+    "~/public/../secret/s.txt",
     "/etc/passwd",
-    "public/link",
-    "public/link/s.txt",
-    "public/dirlink",
-    "public/dirlink/passwd",
-    "public/link/../x",
-    "public/dirlink/../x",
-    "../outside",
-    "secret/s.txt",
-    "publicity/x",
+    "~/public/link",
+    "~/public/link/s.txt",
+    "~/public/dirlink",
+    "~/public/dirlink/passwd",
+    "~/public/link/../x",
+    "~/public/dirlink/../x",
+    "~/../outside",
+    "~/secret/s.txt",
+    "~/publicity/x",
     "~/secret",
     "~/public/../secret",
     "file:///etc/passwd",
     "file:///etc/%70asswd",
-    ["public/a.txt", "/etc/passwd"],
-    ["public/a.txt", "public/link/s.txt"],
-    "alias/a.txt",  # resolves into public, but reads as outside it: every reading must be inside
+    ["~/public/a.txt", "/etc/passwd"],
+    ["~/public/a.txt", "~/public/link/s.txt"],
+    "~/alias/a.txt",  # resolves into public, but reads as outside it: every reading must be inside
 ]
-UNUSABLE: list[object] = [5, None, True, {"path": "public"}, [], [["public"]], "", "public/\x00", "~bob/x"]
+UNUSABLE: list[object] = [5, None, True, {"path": "~/public"}, [], [["~/public"]], "", "~/public/\x00", "~bob/x"]
 UNUSABLE += ["file://host/share/x", "file:relative", "file:///public/%ff"]
 INSIDE = [
-    "public/a.txt",
-    "public/sub/../a.txt",
-    "public",
-    "public/",
-    "./public/./a.txt",
-    "public/not-yet/new.txt",
     "~/public/a.txt",
-    ["public/a.txt", "public/sub"],
+    "~/public/sub/../a.txt",
+    "~/public",
+    "~/public/",
+    "~/./public/./a.txt",
+    "~/public/not-yet/new.txt",
+    "~/public/a.txt",
+    ["~/public/a.txt", "~/public/sub"],
 ]
 
 
@@ -125,45 +125,57 @@ def test_a_deny_rule_not_within_public_leaves_paths_inside_it_alone(tree: Tree, 
 
 def test_a_deny_rule_matches_when_its_argument_is_absent_and_an_allow_rule_does_not(tree: Tree) -> None:
     assert _rule(tree, "deny", within=("~/secret",)).check({}) is None
-    mismatch = _rule(tree, "allow", within=("~/public",)).check({"other": "public"})
+    mismatch = _rule(tree, "allow", within=("~/public",)).check({"other": "~/public"})
     assert mismatch == Mismatch("path", "within", f"path must be inside {tree.public} (it was not given)")
 
 
 def test_a_deny_rule_within_secret_sees_through_a_symlink_in_public(tree: Tree) -> None:
     deny = _rule(tree, "deny", within=("~/secret",))
-    assert _matches(deny, "public/link/s.txt")
-    assert _matches(deny, ["public/a.txt", "public/link"])
-    assert not _matches(deny, "public/a.txt")
+    assert _matches(deny, "~/public/link/s.txt")
+    assert _matches(deny, ["~/public/a.txt", "~/public/link"])
+    assert not _matches(deny, "~/public/a.txt")
 
 
 def test_an_allow_rule_not_within_secret_refuses_a_symlink_into_it(tree: Tree) -> None:
     allow = _rule(tree, "allow", not_within=("~/secret",))
-    assert not _matches(allow, "public/link/s.txt")
-    assert _matches(allow, "public/a.txt")
+    assert not _matches(allow, "~/public/link/s.txt")
+    assert _matches(allow, "~/public/a.txt")
 
 
 def test_a_refusal_names_the_root_and_how_the_path_resolved(tree: Tree) -> None:
     rule = _rule(tree, "allow", within=("~/public",))
     assert str(rule.check({"path": "/etc/passwd"})) == f'path must be inside {tree.public} (got "/etc/passwd")'
-    lexical = rule.check({"path": "public/../secret"})
-    assert str(lexical).endswith(f'(got "public/../secret", which is {tree.secret})')
-    resolved = rule.check({"path": "public/link/../x"})
-    assert str(resolved).endswith(f'(got "public/link/../x", which resolves to {tree.home / "x"})')
+    lexical = rule.check({"path": "~/public/../secret"})
+    assert str(lexical).endswith(f'(got "~/public/../secret", which is {tree.secret})')
+    resolved = rule.check({"path": "~/public/link/../x"})
+    assert str(resolved).endswith(f'(got "~/public/link/../x", which resolves to {tree.home / "x"})')
 
 
 def test_both_the_lexical_and_the_resolved_form_of_a_root_count_as_the_root(tree: Tree) -> None:
     rule = _rule(tree, "allow", within=("~/alias",))
-    assert _matches(rule, "alias/a.txt")
-    assert _matches(rule, "public/a.txt")
-    assert not _matches(rule, "alias/link/s.txt")
+    assert _matches(rule, "~/alias/a.txt")
+    assert _matches(rule, "~/public/a.txt")
+    assert not _matches(rule, "~/alias/link/s.txt")
 
 
-def test_relative_paths_are_read_against_the_working_directory(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
-    rule = _rule(tree, "allow", within=("~/public",))
+def test_relative_paths_cannot_be_checked(tree: Tree, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server resolves them against a directory of its own, not mcpshield's working directory."""
     monkeypatch.chdir(tree.public)
-    assert _matches(rule, "a.txt")
-    monkeypatch.chdir(tree.secret)
-    assert not _matches(rule, "s.txt")
+    allow = _rule(tree, "allow", within=("~/public",)).check({"path": "a.txt"})
+    assert allow is not None and "absolute path" in str(allow)
+    assert _matches(_rule(tree, "deny", within=("~/secret",)), "s.txt")
+
+
+def test_a_name_the_server_may_match_by_unicode_equivalence_is_read_both_ways(tree: Tree) -> None:
+    """server-filesystem maps a missing name to an existing one with the same NFC form."""
+    (tree.public / "l\u00efnk").symlink_to("../secret")  # NFC spelling on disk
+    rule = _rule(tree, "allow", within=("~/public",))
+    nfd = "~/public/li\u0308nk/s.txt"
+    mismatch = rule.check({"path": nfd})
+    assert mismatch is not None and "may read as" in str(mismatch)
+    assert _matches(rule, "~/public/a.txt")
+    (tree.public / "cafe\u0301").mkdir()  # NFD spelling on disk, no symlink: still inside
+    assert _matches(rule, "~/public/caf\u00e9/new.txt")
 
 
 def test_the_os_reading_comes_from_the_injected_resolver(tree: Tree) -> None:
@@ -171,8 +183,8 @@ def test_the_os_reading_comes_from_the_injected_resolver(tree: Tree) -> None:
         return path
 
     rule = compile_conditions({"path": ArgCondition(within=("~/public",))}, "allow", lexical_only, str(tree.home))
-    assert _matches(rule, "public/link/s.txt")
-    assert not _matches(rule, "public/../secret")
+    assert _matches(rule, "~/public/link/s.txt")
+    assert not _matches(rule, "~/public/../secret")
 
 
 @pytest.mark.parametrize("roots", [("~bob/public",), ("",), ("/tmp/\x00",)])
@@ -191,6 +203,8 @@ def test_an_unknown_action_is_refused_at_load() -> None:
 COMPONENTS = st.sampled_from(["a", "..", ".", "link", "dirlink", "sub", "new"])
 RELATIVE = st.lists(COMPONENTS, min_size=1, max_size=7).map("/".join)
 PUBLIC_RELATIVE = st.one_of(RELATIVE, RELATIVE.map(lambda path: "public/" + path))
+#: The same paths as an argument: from home (`~/...`); a relative path itself is unusable.
+FROM_HOME = PUBLIC_RELATIVE.map(lambda path: "~/" + path)
 
 
 def _collapse(path: str) -> str:
@@ -211,14 +225,14 @@ def _inside(path: Path | str, root: Path) -> bool:
 @PROPERTY
 @given(relative=PUBLIC_RELATIVE)
 def test_an_allowed_path_is_inside_public_both_lexically_and_as_the_os_resolves_it(tree: Tree, relative: str) -> None:
-    allowed = _matches(_rule(tree, "allow", within=("~/public",)), relative)
+    allowed = _matches(_rule(tree, "allow", within=("~/public",)), "~/" + relative)
     lexical = _collapse(f"{tree.home}/{relative}")
     resolved = (tree.home / relative).resolve()
     assert allowed == (_inside(lexical, tree.public) and _inside(resolved, tree.public))
 
 
 JUNK = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.just([]), st.just({"a": 1}))
-PATH_ARGUMENT = st.one_of(PUBLIC_RELATIVE, JUNK, st.lists(st.one_of(PUBLIC_RELATIVE, JUNK), max_size=4))
+PATH_ARGUMENT = st.one_of(FROM_HOME, JUNK, st.lists(st.one_of(FROM_HOME, JUNK), max_size=4))
 
 
 @PROPERTY
@@ -460,7 +474,7 @@ def test_deny_not_matches_matches_exactly_when_allow_matches_does_not(value: obj
 def test_a_rule_matches_only_when_every_condition_of_every_argument_holds(tree: Tree) -> None:
     conditions = {"path": ArgCondition(within=("~/public",)), "mode": ArgCondition(one_of=("read",))}
     rule = compile_conditions(conditions, "allow", home=str(tree.home))
-    assert rule.check({"path": "public/a.txt", "mode": "read"}) is None
-    mismatch = rule.check({"path": "public/a.txt", "mode": "write"})
+    assert rule.check({"path": "~/public/a.txt", "mode": "read"}) is None
+    mismatch = rule.check({"path": "~/public/a.txt", "mode": "write"})
     assert mismatch is not None and (mismatch.argument, mismatch.condition) == ("mode", "one_of")
     assert os.path.isdir(tree.public)

@@ -322,6 +322,23 @@ def test_templates_completions_and_updates_of_hidden_resources_and_prompts_are_r
     assert isinstance(session.policy.check(update, Context(session.now, TO_CLIENT)), Allow)
 
 
+def test_denied_resources_embedded_or_linked_in_results_are_withheld() -> None:
+    session = Session(profile(tools={"allow": ["*"]}, resources={"deny": ["fake://secret/*"]}))
+    secret = {"type": "resource", "resource": {"uri": "fake://secret/k", "text": "hunter2"}}
+    public = {"type": "resource_link", "uri": "fake://public/a", "name": "a"}
+    text = {"type": "text", "text": "hi"}
+    decision = session.answer("tools/call", {"name": "echo"}, {"content": [text, secret, public]})
+    assert isinstance(decision, Rewrite)
+    content = decision.body["result"]["content"]
+    assert content[0] == text and content[2] == public
+    assert content[1]["type"] == "text" and "fake://secret/k" in content[1]["text"]
+    assert "hunter2" not in orjson.dumps(decision.body).decode()
+    prompt = {"messages": [{"role": "user", "content": secret}, {"role": "user", "content": text}]}
+    withheld = session.answer("prompts/get", {"name": "p"}, prompt)
+    assert isinstance(withheld, Rewrite) and "hunter2" not in orjson.dumps(withheld.body).decode()
+    assert isinstance(session.answer("tools/call", {"name": "echo"}, {"content": [text, public]}), Allow)
+
+
 def test_other_messages_pass_untouched() -> None:
     session = Session(FS)
     assert session.request("ping", {}) is not None

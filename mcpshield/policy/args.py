@@ -1,7 +1,6 @@
 """The argument conditions of `[[rules]]`: compiled once at profile load, checked on every call.
 
-No I/O but the injected path resolver (`os.path.realpath` by default: it follows symlinks on disk)
-and `os.getcwd()` for relative paths, since the server inherits mcpshield's working directory.
+No I/O but what reading a path needs (`policy.paths`: symlinks and directory entries on disk).
 """
 
 from __future__ import annotations
@@ -9,13 +8,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from mcpshield.policy.hosts import host_glob, url_host
+from mcpshield.policy.paths import PathReader, PathResolver, Roots
 from mcpshield.profile.model import ArgCondition
 
 #: Longer values are unusable for regex conditions: a careless pattern on a long subject can
@@ -26,26 +24,49 @@ MAX_MESSAGE_CHARS: Final = 300
 #: One value quoted inside a message.
 MAX_SHOWN_VALUE_CHARS: Final = 120
 
-PathResolver = Callable[[str], str]
 #: (the condition holds, how the value was read where that differs from the value as given)
 Reading = tuple[bool, str | None]
 
 
-@dataclass(frozen=True, slots=True)
 class Mismatch:
-    """The first condition of a rule that did not hold, in words a model can act on."""
+    """The first condition of a rule that did not hold, in words a model can act on.
 
-    argument: str
-    condition: str
-    message: str
+    The words are put together only when read: a deny rule that does not apply is the common
+    case on the hot path, and nobody reads why it did not."""
+
+    __slots__ = ("_message", "argument", "condition")
+
+    def __init__(self, argument: str, condition: str, message: str | Callable[[], str]) -> None:
+        self.argument = argument
+        self.condition = condition
+        self._message = message
+
+    @property
+    def message(self) -> str:
+        if not isinstance(self._message, str):
+            self._message = self._message()
+        return self._message
 
     def __str__(self) -> str:
         return self.message
 
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mismatch):
+            return NotImplemented
+        return (self.argument, self.condition, self.message) == (other.argument, other.condition, other.message)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable cache inside: not a dict key
+
+    def __repr__(self) -> str:
+        return f"Mismatch({self.argument!r}, {self.condition!r}, {self.message!r})"
+
 
 def printable(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
     """`text` with control, format and separator characters escaped, cut to `limit` characters."""
-    escaped = "".join(_escape(ch) for ch in text[: limit + 1])
+    head = text[: limit + 1]
+    if head.isprintable():  # the usual case, in one C call
+        return head if len(head) <= limit else head[: limit - 1] + "…"
+    escaped = "".join(_escape(ch) for ch in head)
     if len(escaped) > limit:
         return escaped[: limit - 1] + "…"
     return escaped
@@ -66,6 +87,10 @@ def _show(value: object) -> str:
     except TypeError:
         text = f"a {type(value).__name__}"
     return printable(text, MAX_SHOWN_VALUE_CHARS)
+
+
+def _shown_path(path: str) -> str:
+    return printable(path, MAX_SHOWN_VALUE_CHARS)
 
 
 def _listing(items: Iterable[str]) -> str:
@@ -93,100 +118,18 @@ class _Condition:
 # -- paths --------------------------------------------------------------------------------
 
 
-def _expand_home(path: str, home: str) -> str | None:
-    """`~` and `~/x` against `home`; `~user` is None, as servers disagree on it."""
-    if path == "~" or path.startswith("~/"):
-        return home + path[1:]
-    return None if path.startswith("~") else path
-
-
-def _lexical(path: str) -> str:
-    """`..` collapsed textually, as Node's path.resolve does; `//x` is `/x` on Linux and macOS."""
-    normal = os.path.normpath(path)
-    return "/" + normal.lstrip("/") if normal.startswith("//") else normal
-
-
-def _file_uri_path(uri: str) -> str | None:
-    """The local path a `file:` URI names, or None for a remote host or an undecodable path."""
-    try:
-        parts = urlsplit(uri)
-        path = unquote(parts.path, errors="strict")
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if parts.scheme != "file" or parts.netloc.lower() not in ("", "localhost"):
-        return None
-    return path if path.startswith("/") else None
-
-
-class _PathReader:
-    """Turns an argument into its two readings: lexical, and as the OS resolves it."""
-
-    __slots__ = ("_home", "_resolve")
-
-    def __init__(self, resolve: PathResolver, home: str) -> None:
-        self._resolve = resolve
-        self._home = home
-
-    def absolute(self, value: object) -> str | None:
-        if not isinstance(value, str) or not value:
-            return None
-        path: str | None = _file_uri_path(value) if value[:5].lower() == "file:" else value
-        if path is None or "\x00" in path:
-            return None
-        path = _expand_home(path, self._home)
-        if path is None or os.path.isabs(path):
-            return path
-        try:
-            return os.path.join(os.getcwd(), path)
-        except OSError:  # the working directory was removed
-            return None
-
-    def read(self, value: object) -> tuple[tuple[str, str | None], ...] | None:
-        raw = self.absolute(value)
-        if raw is None:
-            return None
-        lexical = _lexical(raw)
-        try:
-            resolved = _lexical(self._resolve(raw))
-        except (OSError, ValueError):
-            return None
-        return (
-            (lexical, None if lexical == value else f"which is {lexical}"),
-            (resolved, None if resolved == lexical else f"which resolves to {resolved}"),
-        )
-
-
-class _Roots:
-    """Directories, each counted in its lexical and its resolved form."""
-
-    __slots__ = ("_prefixes", "shown")
-
-    def __init__(self, roots: Iterable[str], resolve: PathResolver, home: str) -> None:
-        forms: list[str] = []
-        shown: list[str] = []
-        for root in roots:
-            expanded = _expand_home(root, home)
-            if not expanded or "\x00" in expanded:
-                raise ValueError(f"{root!r} is not a directory mcpshield can check against (use ~ or ~/...)")
-            absolute = os.path.join(os.getcwd(), expanded)  # a no-op for an absolute root
-            lexical = _lexical(absolute)
-            shown.append(printable(lexical, MAX_SHOWN_VALUE_CHARS))
-            forms += [lexical, _lexical(resolve(absolute))]
-        self._prefixes = tuple(dict.fromkeys((form, form.rstrip("/") + "/") for form in forms))
-        self.shown = tuple(shown) or ("(no directory)",)
-
-    def contain(self, path: str) -> bool:
-        """Component-wise: `/a/b` contains `/a/b` and `/a/b/c`, not `/a/bc`."""
-        return any(path == root or path.startswith(prefix) for root, prefix in self._prefixes)
+#: What a path condition can check; a relative path is resolved by the server, against a directory
+#: of its own choosing (server-filesystem: its allowed directories), so it is unusable.
+_ABSOLUTE: Final = "an absolute path (or ~/...) or a file:// URI; the server resolves relative paths its own way"
 
 
 class _Within(_Condition):
     __slots__ = ("_inside", "_reader", "_roots")
 
-    def __init__(self, roots: _Roots, reader: _PathReader, inside: bool) -> None:
+    def __init__(self, roots: Roots, reader: PathReader, inside: bool) -> None:
         where = _listing(roots.shown)
         expect = f"be inside {where}" if inside else f"not be inside {where}"
-        super().__init__("within" if inside else "not_within", expect, "a local path or file:// URI")
+        super().__init__("within" if inside else "not_within", expect, _ABSOLUTE)
         self._roots = roots
         self._reader = reader
         self._inside = inside
@@ -333,8 +276,10 @@ def _any_holds(name: str, condition: _Condition, present: bool, value: object) -
         readings = condition.readings(each)
         if readings is None or any(holds for holds, _ in readings):
             return None
-    return _mismatch(
-        name, condition, f"the rule applies only when {name} would {condition.expect} (got {_show(value)})"
+    return Mismatch(
+        name,
+        condition.key,
+        lambda: printable(f"the rule applies only when {name} would {condition.expect} (got {_show(value)})"),
     )
 
 
@@ -368,15 +313,15 @@ class CompiledArgs:
         return f"CompiledArgs({names}, restrictive={self.restrictive})"
 
 
-def _compile_one(condition: ArgCondition, reader: _PathReader, resolve: PathResolver, home: str) -> list[_Condition]:
+def _compile_one(condition: ArgCondition, reader: PathReader, resolve: PathResolver, home: str) -> list[_Condition]:
     """In the order a model can best act on: size first, then where, then what."""
     out: list[_Condition] = []
     if condition.max_length is not None:
         out.append(_MaxLength(condition.max_length))
     if condition.within is not None:
-        out.append(_Within(_Roots(condition.within, resolve, home), reader, inside=True))
+        out.append(_Within(Roots(condition.within, resolve, home, _shown_path), reader, inside=True))
     if condition.not_within is not None:
-        out.append(_Within(_Roots(condition.not_within, resolve, home), reader, inside=False))
+        out.append(_Within(Roots(condition.not_within, resolve, home, _shown_path), reader, inside=False))
     if condition.one_of is not None:
         out.append(_OneOf(condition.one_of))
     if condition.matches is not None:
@@ -411,7 +356,7 @@ def compile_conditions(
     if action not in ("allow", "ask", "deny"):
         raise ValueError(f"unknown rule action {action!r}")
     home_dir = os.path.expanduser("~") if home is None else home
-    reader = _PathReader(resolve, home_dir)
+    reader = PathReader(resolve, home_dir)
     compiled: list[tuple[str, Sequence[_Condition]]] = []
     for name, condition in args.items():
         try:

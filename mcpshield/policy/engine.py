@@ -9,18 +9,18 @@ pure judges (`policy.tools`, `policy.args`, `policy.schema`, `policy.limits`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from mcpshield import jsonrpc
 from mcpshield.errors import ProfileError
 from mcpshield.jsonrpc import REQUEST, RESPONSE, Message
+from mcpshield.policy.content import withhold_resources
 from mcpshield.policy.decision import ALLOW, Allow, Ask, Context, Decision, Deny, Direction, Rewrite
 from mcpshield.policy.limits import RateLimiter
 from mcpshield.policy.roots import RootsFilter
-from mcpshield.policy.schema import SchemaProblem, ToolSchema, compile_tool_schema
 from mcpshield.policy.tools import ALLOW as ALLOW_ACTION
 from mcpshield.policy.tools import ASK, DENY, NamedJudge, ToolJudge, Verdict
-from mcpshield.profile.model import STRICTNESS, Action, LoadedProfile, Profile
+from mcpshield.profile.model import STRICTNESS, Action, LoadedProfile, NamedSection, Profile
 
 #: The JSON-RPC code of a resource nobody may read (the spec's "resource not found").
 RESOURCE_NOT_FOUND: Final = -32002
@@ -35,6 +35,9 @@ SERVER_REQUESTS: Final = {
 _TO_SERVER: Final = Direction.TO_SERVER
 _INPUT_REQUIRED: Final = "input_required"
 
+if TYPE_CHECKING:
+    from mcpshield.policy.schema import SchemaProblem, ToolSchema
+
 Handler = Callable[[Message, Context], Decision]
 
 
@@ -47,6 +50,7 @@ class ProfilePolicy:
         self._profiles = chain
         self._tools = tuple(ToolJudge(p, resolve) for p in chain)
         self._resources = tuple(NamedJudge(p.resources, "resources") for p in chain)
+        self._resources_restricted = any(p.resources != NamedSection() for p in chain)
         self._prompts = tuple(NamedJudge(p.prompts, "prompts") for p in chain)
         self._limiters = tuple(RateLimiter(p.limits) for p in chain)
         self._roots = RootsFilter(tuple(p.server_requests.roots_within for p in chain), resolve)
@@ -66,9 +70,9 @@ class ProfilePolicy:
             "resources/list": self._resources_listed,
             "prompts/list": self._prompts_listed,
             "resources/templates/list": self._templates_listed,
-            "tools/call": self._input_required,
+            "tools/call": self._call_result,
             "resources/read": self._input_required,
-            "prompts/get": self._input_required,
+            "prompts/get": self._call_result,
         }
 
     def check(self, msg: Message, ctx: Context) -> Decision:
@@ -164,8 +168,6 @@ class ProfilePolicy:
                 f"the server's tool list does not declare {tool}, so mcpshield cannot check its arguments; "
                 "list the tools (tools/list) to see which exist"
             )
-        if isinstance(schema, SchemaProblem):
-            return f"the server declared an input schema for {tool} that mcpshield cannot use: {schema.reason}"
         return schema.validate(arguments, self._strict)
 
     def _over_limit(self, tool: str, ctx: Context) -> str | None:
@@ -241,6 +243,17 @@ class ProfilePolicy:
             return Ask(f"the server asks for {name}", "server_requests")
         return ALLOW
 
+    def _call_result(self, msg: Message, ctx: Context) -> Decision:
+        """A tool or prompt result: its input requests policed, denied resources in it withheld."""
+        decision = self._input_required(msg, ctx)
+        if decision is not ALLOW or not self._resources_restricted or type(msg.body["result"]) is not dict:
+            return decision
+        result = withhold_resources(msg.body["result"], self._resource_allowed)
+        return ALLOW if result is None else Rewrite({**msg.body, "result": result}, "resources")
+
+    def _resource_allowed(self, uri: str) -> bool:
+        return all(judge.decide(uri).action == ALLOW_ACTION for judge in self._resources)
+
     def _input_required(self, msg: Message, ctx: Context) -> Decision:
         """2026-07-28: a result asking the client for input is policed like the requests it replaces."""
         result = msg.body["result"]
@@ -271,7 +284,7 @@ class ProfilePolicy:
             if type(name) is not str or not all(judge.visible(name) for judge in self._tools):
                 continue
             if len(self._schemas) < MAX_TOOLS or name in self._schemas:
-                self._schemas[name] = compile_tool_schema(tool.get("inputSchema"))
+                self._schemas[name] = _compile_schema(tool.get("inputSchema"))
             kept.append(tool)
         return _replace_list(msg, "tools", tools, kept)
 
@@ -292,6 +305,13 @@ class ProfilePolicy:
             return ALLOW
         kept = [root for root in roots if self._roots.keeps(root)]
         return _replace_list(msg, "roots", roots, kept)
+
+
+def _compile_schema(schema: object) -> ToolSchema | SchemaProblem:
+    """Imports jsonschema on first use: it costs ~35 ms, kept off the way to the first answer."""
+    from mcpshield.policy.schema import compile_tool_schema
+
+    return compile_tool_schema(schema)
 
 
 def _named(judges: tuple[NamedJudge, ...], name: str, refuse: Callable[[], Deny]) -> Decision:

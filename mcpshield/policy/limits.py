@@ -13,35 +13,48 @@ from typing import Final
 from mcpshield.policy.tools import matches_any
 from mcpshield.profile.model import LimitsSection
 
-#: The rolling window every `*_per_minute` limit counts over.
-WINDOW_S: Final = 60.0
+#: The rolling window every `*_per_minute` limit counts over, in whole seconds.
+WINDOW_S: Final = 60
 #: Distinct (tool, arguments) pairs the loop breaker remembers; the oldest are forgotten first.
 MAX_TRACKED_CALLS: Final = 10_000
 
 
 class _Window:
-    """Times of the events in the last WINDOW_S seconds."""
+    """Events of the last WINDOW_S seconds, counted per whole second: memory stays fixed (at
+    most one bucket a second) however fast calls come."""
 
-    __slots__ = ("_limit", "_times")
+    __slots__ = ("_buckets", "_limit", "_total")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._times: deque[float] = deque()
+        self._buckets: deque[list[int]] = deque()  # [second, count], oldest first
+        self._total = 0
+
+    def _expire(self, now: float) -> None:
+        cutoff = math.floor(now) - int(WINDOW_S) + 1
+        buckets = self._buckets
+        while buckets and buckets[0][0] < cutoff:
+            self._total -= buckets.popleft()[1]
 
     def retry_after(self, now: float) -> float | None:
         """None if one more event fits now; else the seconds until one does."""
-        times = self._times
-        while times and times[0] <= now - WINDOW_S:
-            times.popleft()
-        if len(times) < self._limit:
+        self._expire(now)
+        if self._total < self._limit:
             return None
-        return max(times[0] + WINDOW_S - now, 0.001)
+        return max(self._buckets[0][0] + WINDOW_S - now, 0.001)
 
     def add(self, now: float) -> None:
-        self._times.append(now)
+        second = math.floor(now)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += 1
+        else:
+            buckets.append([second, 1])
+        self._total += 1
 
     def empty(self, now: float) -> bool:
-        return self.retry_after(now) is None and not self._times
+        self._expire(now)
+        return not self._buckets
 
 
 class RateLimiter:

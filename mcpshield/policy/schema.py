@@ -21,6 +21,7 @@ from referencing import Registry, Resource
 from referencing._core import Resolver  # referencing exports no public name for the class
 
 from mcpshield.policy.args import MAX_MESSAGE_CHARS, printable
+from mcpshield.policy.fastschema import compile_fast
 
 #: Deeper than any real tool's arguments; keeps jsonschema's recursive descent far from
 #: Python's recursion limit.
@@ -45,9 +46,13 @@ _NO_RETRIEVAL: Final[Registry[Any]] = Registry(retrieve=_refuse)  # type: ignore
 
 @dataclass(frozen=True, slots=True)
 class SchemaProblem:
-    """A tool's input schema that cannot be used to validate its arguments."""
+    """A tool's input schema that cannot be used to validate its arguments: every call of the
+    tool is refused with the reason."""
 
     reason: str
+
+    def validate(self, arguments: object, strict: bool) -> str:
+        return self.reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,24 +76,27 @@ class _Declared:
 class ToolSchema:
     """A compiled inputSchema: `validate` is cheap to call again and again."""
 
-    __slots__ = ("_declared", "_validator")
+    __slots__ = ("_declared", "_fast", "_validator")
 
-    def __init__(self, validator: Validator, declared: _Declared) -> None:
+    def __init__(self, validator: Validator, declared: _Declared, schema: dict[str, Any] | None = None) -> None:
         self._validator = validator
         self._declared = declared
+        self._fast = compile_fast(schema) if schema is not None else None
 
     def validate(self, arguments: object, strict: bool) -> str | None:
         """None when `arguments` are valid; otherwise one short message naming what is wrong.
         `strict` also refuses top-level argument names the schema does not declare."""
         if not isinstance(arguments, dict):
             return f"arguments must be a JSON object (got {_kind(arguments)})"
-        if _deeper_than(arguments, MAX_ARGUMENT_DEPTH):
-            return f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
         if strict:
             for name in arguments:
                 if not self._declared.allows(name):
                     shown = printable(name, 60)
                     return printable(f'unexpected argument "{shown}" ({self._declared.describe()})')
+        if _deeper_than(arguments, MAX_ARGUMENT_DEPTH):
+            return f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
+        if self._fast is not None and self._fast(arguments):
+            return None
         try:
             error = best_match(self._validator.iter_errors(arguments))
         except RecursionError:
@@ -131,7 +139,7 @@ def _compile(schema: dict[str, Any]) -> ToolSchema | SchemaProblem:
     if unresolved is not None:
         reason = f"the tool's input schema refers to {unresolved}, which is not inside it (mcpshield fetches no schema)"
         return SchemaProblem(printable(reason))
-    return ToolSchema(cls(schema, registry=_NO_RETRIEVAL), _declarations(schema, root))
+    return ToolSchema(cls(schema, registry=_NO_RETRIEVAL), _declarations(schema, root), schema)
 
 
 def _first_unresolvable(

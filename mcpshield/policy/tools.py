@@ -65,37 +65,43 @@ class ToolJudge:
             return compile_conditions(rule.args, rule.action, resolve=resolve)
 
         self._rules = tuple(_CompiledRule(i, rule, compile_args) for i, rule in enumerate(profile.rules))
-        self._visible: dict[str, bool] = {}
+        self._plans: dict[str, _Plan] = {}
+
+    def _plan(self, tool: str) -> _Plan:
+        """What the lists and rules say about one tool name, worked out once per name."""
+        plan = self._plans.get(tool)
+        if plan is None:
+            plan = _Plan(
+                matches_any(tool, self._deny),
+                tuple(rule for rule in self._rules if rule.names(tool)),
+                matches_any(tool, self._ask),
+                matches_any(tool, self._allow),
+            )
+            if len(self._plans) < _PLAN_CACHE_MAX:
+                self._plans[tool] = plan
+        return plan
 
     def visible(self, tool: str) -> bool:
         """Whether the client may see the tool: some list, rule or the default could let it run."""
-        seen = self._visible.get(tool)
-        if seen is None:
-            seen = not matches_any(tool, self._deny) and (
-                self._default != DENY
-                or matches_any(tool, self._allow)
-                or matches_any(tool, self._ask)
-                or any(rule.action != DENY and rule.names(tool) for rule in self._rules)
-            )
-            if len(self._visible) < _VISIBLE_CACHE_MAX:
-                self._visible[tool] = seen
-        return seen
+        plan = self._plan(tool)
+        return not plan.denied and (
+            self._default != DENY or plan.allowed or plan.asked or any(rule.action != DENY for rule in plan.rules)
+        )
 
     def decide(self, tool: str, arguments: Mapping[str, Any]) -> Verdict:
-        if matches_any(tool, self._deny):
+        plan = self._plan(tool)
+        if plan.denied:
             return Verdict(DENY, "tools.deny", f"the profile denies the tool {tool}")
         missed: tuple[_CompiledRule, Mismatch] | None = None
-        for rule in self._rules:
-            if not rule.names(tool):
-                continue
+        for rule in plan.rules:
             mismatch = rule.args.check(arguments)
             if mismatch is None:
                 return Verdict(rule.action, rule.label, rule.reason or _rule_why(tool, rule))
             if missed is None and rule.action != DENY:
                 missed = (rule, mismatch)
-        if matches_any(tool, self._ask):
+        if plan.asked:
             return Verdict(ASK, "tools.ask")
-        if matches_any(tool, self._allow):
+        if plan.allowed:
             return Verdict(ALLOW, "tools.allow")
         if missed is not None and self._default != ALLOW:
             rule, mismatch = missed
@@ -104,8 +110,16 @@ class ToolJudge:
         return Verdict(self._default, "tools.default", f"the profile does not allow the tool {tool}")
 
 
-#: Distinct tool names whose visibility is remembered; a server listing more is misbehaving.
-_VISIBLE_CACHE_MAX: Final = 4096
+#: Distinct tool names whose plan is remembered; a server listing more is misbehaving.
+_PLAN_CACHE_MAX: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    denied: bool
+    rules: tuple[_CompiledRule, ...]
+    asked: bool
+    allowed: bool
 
 
 def _rule_why(tool: str, rule: _CompiledRule) -> str:
