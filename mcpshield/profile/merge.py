@@ -30,6 +30,7 @@ def merge(base: Profile, ext: Profile) -> Profile:
     | server_requests.*           | each key ext's where set, else base's                       |
     | limits.* (numbers)          | the smaller where both set one, else whichever set one      |
     | limits.tools                | union of the globs; the smaller number where both have one  |
+    | env                         | union; ext's value where both name a variable               |
     | extends                     | ext's                                                       |
 
     The policy additionally lets every earlier profile of the chain veto (what a base denies stays
@@ -44,6 +45,7 @@ def merge(base: Profile, ext: Profile) -> Profile:
         prompts=_listed(base.prompts, ext.prompts),
         server_requests=_override(base.server_requests, ext.server_requests),
         limits=_limits(base.limits, ext.limits),
+        env={**base.env, **ext.env},
     )
 
 

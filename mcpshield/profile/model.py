@@ -7,7 +7,7 @@ write profiles with them); the profile reference in docs/profiles.md describes e
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -174,6 +174,29 @@ class Profile(_Model):
     """`prompts/get` and list answers, by prompt name glob."""
     server_requests: ServerRequestsSection = Field(default_factory=ServerRequestsSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    env: dict[str, str] = Field(default_factory=dict)
+    """Variables the server gets on top of the minimal environment, each `keyring:SECRET` (a
+    secret from the OS keyring, see `mcpshield secret set`), `env:VAR` (from mcpshield's own
+    environment) or a literal value. Every value is redacted from what the server sends back."""
+
+    @field_validator("env")
+    @classmethod
+    def _env_entries(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name (letters, digits and _)")
+            kind, _, ref = value.partition(":")
+            if kind == "keyring" and not SECRET_NAME.fullmatch(ref):
+                raise ValueError(f"{name} = {value!r}: a secret name is letters, digits, '.', '_' and '-'")
+            if kind == "env" and not ENV_NAME.fullmatch(ref):
+                raise ValueError(f"{name} = {value!r}: `env:` needs a variable name")
+        return env
+
+
+#: An environment variable's name, as POSIX shells accept it.
+ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: A secret's name in the keyring (and in `keyring:NAME`).
+SECRET_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class LoadedProfile:
