@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the server's command")
     _add_profile_verbs(verbs)
+    _add_secret_verbs(verbs)
 
     verbs.add_parser(
         "demo",
@@ -89,6 +90,27 @@ def _add_profile_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser
     ).add_argument("rest", nargs=argparse.REMAINDER, metavar="NAME [OPTIONS] -- CMD [ARGS...]")
 
 
+def _add_secret_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = verbs.add_parser(
+        "secret",
+        help="store, list or remove secrets in the OS keyring; check the keyring",
+        description="Secrets live in the OS keyring and reach a server only through its profile's [env] "
+        '(NAME = "keyring:SECRET"). See docs/profiles.md.',
+    )
+    sub = group.add_subparsers(dest="keyring_verb", metavar="SUBCOMMAND", required=True)
+    setter = sub.add_parser(
+        "set",
+        help="store a secret: prompted twice on a terminal, else read from stdin",
+        description="Store a secret. On a terminal the value is asked for twice, hidden; otherwise it is "
+        "read from stdin (one trailing newline removed). Never pass it as an argument.",
+    )
+    setter.add_argument("name", metavar="NAME")
+    setter.add_argument("value", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)  # refused, never echoed
+    sub.add_parser("list", help="the secrets stored and the ones profiles use (no values)")
+    sub.add_parser("rm", help="remove a secret from the keyring").add_argument("name", metavar="NAME")
+    sub.add_parser("doctor", help="which keyring backend is used, is it secure, what to do")
+
+
 def _init_options(prog: str | None = None) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(prog=prog, add_help=False)
     options.add_argument("--force", action="store_true", help="replace an existing profile")
@@ -105,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.verb == "profile":
             return _profile(args)
+        if args.verb == "secret":
+            return _secret(args)
         if args.verb == "demo":
             from mcpshield.demo.client import main as demo_main
 
@@ -189,6 +213,16 @@ def _profile_init(args: argparse.Namespace) -> int:
     env = minimal_env(os.environ, parse_env_flags(env_flags))
     output = late.output or args.output
     return commands.init(name, command, env, output=output, force=args.force or late.force)
+
+
+def _secret(args: argparse.Namespace) -> int:
+    from mcpshield.secrets import commands, doctor
+
+    if args.keyring_verb == "set":
+        return commands.set_secret(args.name, args.value)
+    if args.keyring_verb == "rm":
+        return commands.remove_secret(args.name)
+    return commands.list_secrets() if args.keyring_verb == "list" else doctor.doctor()
 
 
 def _check_env_flags(flags: Sequence[str]) -> None:

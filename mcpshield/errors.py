@@ -4,6 +4,7 @@
     ├── UsageError              the command line does not say something runnable
     ├── LaunchError             the server could not be started
     ├── ProfileError            a profile is missing, malformed, ambiguous or cannot be written
+    ├── SecretError             a secret cannot be stored, found or injected (the value is never named)
     └── UnsupportedPlatform     this OS lacks what the feature needs
 
 The CLI prints `mcpshield: <message>` and `Tip: <tip>` and exits with `exit_code`.
@@ -41,6 +42,14 @@ class ProfileError(ShieldError):
     ambiguous, or (for `profile init`) cannot be written."""
 
     exit_code = 2
+
+
+class SecretError(ShieldError):
+    """A secret cannot be stored, read, removed or injected: the keyring backend is missing or
+    insecure, a secret or a variable the profile injects is not set, or the secrets index is
+    corrupt. Messages name secrets, never their values."""
+
+    exit_code = 3
 
 
 class UnsupportedPlatform(ShieldError):

@@ -12,7 +12,9 @@ from mcpshield import jsonrpc
 from mcpshield.jsonrpc import Message
 from mcpshield.ledger import Ledger
 from mcpshield.policy import Allow, Ask, Context, Decision, Deny, Direction, Rewrite
-from mcpshield.policy.engine import RESOURCE_NOT_FOUND, ProfilePolicy, single
+from mcpshield.policy.engine import ProfilePolicy, single
+from mcpshield.policy.resources import RESOURCE_NOT_FOUND
+from mcpshield.profile.merge import merge
 from mcpshield.profile.model import LoadedProfile, Profile
 
 TO_SERVER = Direction.TO_SERVER
@@ -220,17 +222,104 @@ def test_concurrent_calls_over_the_limit_are_refused() -> None:
 
 
 def extended(base: Profile, ext: Profile) -> LoadedProfile:
-    return LoadedProfile("ext", "<memory>", (base, ext))
+    """The chain the loader builds for `ext` extending `base`: the base, then ext merged over it."""
+    return LoadedProfile("ext", "<memory>", (base, merge(base, ext)))
 
 
-def test_an_extension_cannot_allow_what_its_base_denies() -> None:
+def test_an_extension_cannot_loosen_what_its_base_denies_or_asks_about() -> None:
     base = profile(tools={"default": "deny", "allow": ["read_*"], "ask": ["write_file"]})
-    ext = profile(tools={"default": "allow", "allow": ["read_*", "write_file"], "ask": []})
+    rules = [{"tool": "write_file", "action": "allow"}]
+    ext = profile(tools={"default": "allow", "allow": ["read_*", "write_file"], "ask": []}, rules=rules)
     session = Session(extended(base, ext))
     assert session.list_tools() == ["read_file", "write_file"]
-    assert isinstance(session.call("write_file", path="/a", content=""), Allow)
+    asked = session.call("write_file", path="/a", content="")
+    assert isinstance(asked, Ask) and asked.rule == "base:tools.ask"
     base_hidden = session.call("fetch", url="x")
     assert isinstance(base_hidden, Deny) and base_hidden.code == jsonrpc.INVALID_PARAMS
+
+
+def test_an_extension_can_tighten_its_base() -> None:
+    base = profile(tools={"default": "allow"})
+    ext = profile(tools={"ask": ["write_file"], "deny": ["delete_*"]})
+    session = Session(extended(base, ext))
+    assert session.list_tools() == ["read_file", "write_file", "fetch", "echo"]
+    assert isinstance(session.call("write_file", path="/a", content=""), Ask)
+    assert isinstance(session.call("read_file", path="/a"), Allow)
+
+
+def test_request_methods_sent_as_notifications_are_dropped() -> None:
+    session = Session(profile(tools={"allow": ["*"]}))
+    for method, direction in (("tools/call", TO_SERVER), ("sampling/createMessage", TO_CLIENT)):
+        note = decode({"method": method, "params": {"name": "delete_everything"}})
+        assert isinstance(session.policy.check(note, Context(session.now, direction)), Deny), method
+
+
+def test_malformed_resource_and_prompt_requests_are_refused_not_passed() -> None:
+    session = Session(profile())
+    for method, params in (
+        ("resources/read", {"uri": ["fake://x"]}),
+        ("resources/subscribe", {}),
+        ("prompts/get", {"name": {"n": 1}}),
+        ("completion/complete", {"ref": {"type": "ref/prompt"}}),
+    ):
+        decision = session.request(method, params)
+        assert isinstance(decision, Deny) and decision.code == jsonrpc.INVALID_PARAMS, method
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "file:///home/u/.ssh/id_rsa",
+        "FILE:///home/u/.ssh/id_rsa",
+        "file://localhost/home/u/.ssh/id_rsa",
+        "file:///home/u/x/../.ssh/id_rsa",
+        "file:///home/u/%2essh/id_rsa",
+        "file:///../home/u/.ssh/id_rsa",
+    ],
+)
+def test_a_resource_is_judged_by_its_normal_uri(uri: str) -> None:
+    session = Session(profile(resources={"deny": ["file:///home/u/.ssh/*"]}))
+    decision = session.request("resources/read", {"uri": uri})
+    assert isinstance(decision, Deny) and decision.code == RESOURCE_NOT_FOUND
+
+
+def test_resources_read_answers_carrying_denied_contents_are_withheld() -> None:
+    session = Session(profile(resources={"deny": ["fake://secret/*"]}))
+    contents = [{"uri": "fake://public/a", "text": "ok"}, {"uri": "fake://secret/k", "text": "hunter2"}]
+    decision = session.answer("resources/read", {"uri": "fake://public/a"}, {"contents": contents})
+    assert isinstance(decision, Rewrite)
+    assert decision.body["result"]["contents"][0] == contents[0]
+    assert "hunter2" not in orjson.dumps(decision.body).decode()
+
+
+def test_a_url_elicitation_error_is_replaced_when_elicitation_is_not_allowed() -> None:
+    session = Session(profile(tools={"allow": ["*"]}, server_requests={"elicitation": "deny"}))
+    session.next_id += 1
+    request = decode({"id": session.next_id, "method": "tools/call", "params": {"name": "echo"}})
+    entry = session.client.open(request, session.now)
+    url = {"mode": "url", "elicitationId": "e", "url": "https://evil.example/login", "message": "Sign in"}
+    error = {"code": -32042, "message": "auth", "data": {"elicitations": [url]}}
+    answer = decode({"id": session.next_id, "error": error})
+    decision = session.policy.check(answer, Context(session.now, TO_CLIENT, entry))
+    assert isinstance(decision, Rewrite) and "evil.example" not in orjson.dumps(decision.body).decode()
+
+
+def test_the_tool_list_counts_as_seen_only_after_its_last_page() -> None:
+    session = Session(profile(tools={"allow": ["*"]}))
+    page = {"tools": [{"name": "echo", "inputSchema": {"type": "object"}}], "nextCursor": "2"}
+    session.answer("tools/list", {}, page)
+    later = decode({"id": 99, "method": "tools/call", "params": {"name": "fetch", "arguments": {}}})
+    assert session.policy.catalog_needed(later)
+    session.answer("tools/list", {"cursor": "2"}, {"tools": [{"name": "fetch", "inputSchema": {"type": "object"}}]})
+    assert not session.policy.catalog_needed(decode({"id": 98, "method": "tools/call", "params": {"name": "x"}}))
+
+
+def test_calls_refused_for_want_of_an_approver_do_not_use_up_the_rate_limit() -> None:
+    session = Session(profile(tools={"allow": ["read_*"], "ask": ["write_file"]}, limits={"calls_per_minute": 1}))
+    session.list_tools()
+    for _ in range(3):
+        assert isinstance(session.call("write_file", path="/a", content=""), Ask)
+    assert isinstance(session.call("read_file", path="/a"), Allow)
 
 
 @pytest.mark.parametrize(

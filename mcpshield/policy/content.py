@@ -1,9 +1,45 @@
-"""Resources a profile denies, withheld where a tool or prompt result embeds or links them."""
+"""Rewriting answers: lists with entries removed, and resources a profile denies withheld where
+a tool, prompt or resources/read result embeds or links them."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Final
+
+from mcpshield.jsonrpc import Message
+from mcpshield.policy.decision import ALLOW, Decision, Rewrite
+
+
+def replace_list(msg: Message, key: str, items: list[Any], kept: list[Any]) -> Decision:
+    """The message with `result[key]` cut down to `kept`; the original bytes when nothing went."""
+    if len(kept) == len(items):
+        return ALLOW
+    body = dict(msg.body)
+    body["result"] = {**body["result"], key: kept}
+    return Rewrite(body, key)
+
+
+def withhold_contents(result: dict[str, Any], allowed: Callable[[str], bool]) -> dict[str, Any] | None:
+    """A resources/read result with every content item whose URI is not allowed replaced by a
+    note (a server may answer one URI with the contents of others); None if nothing changed."""
+    contents = result.get("contents")
+    if type(contents) is not list:
+        return None
+    out: list[Any] | None = None
+    for index, item in enumerate(contents):
+        uri = item.get("uri") if type(item) is dict else None
+        if type(uri) is str and allowed(uri):
+            continue
+        if out is None:
+            out = list(contents)
+        shown = uri[:200] if type(uri) is str else "(no readable URI)"
+        out[index] = {"uri": shown, "mimeType": "text/plain", "text": _note(shown)}
+    return None if out is None else {**result, "contents": out}
+
+
+def _note(uri: str) -> str:
+    return f"[mcpshield withheld the resource {uri}: the profile denies it]"
+
 
 #: Content item types that carry a resource: embedded (with its text or blob) or linked.
 _RESOURCE_ITEMS: Final = ("resource", "resource_link")
@@ -52,8 +88,8 @@ def _items(items: list[Any], allowed: Callable[[str], bool]) -> list[Any] | None
             continue
         if out is None:
             out = list(items)
-        shown = uri if uri is not None else "(no readable URI)"
-        out[index] = {"type": "text", "text": f"[mcpshield withheld the resource {shown[:200]}: the profile denies it]"}
+        shown = uri[:200] if uri is not None else "(no readable URI)"
+        out[index] = {"type": "text", "text": _note(shown)}
     return out
 
 

@@ -3,7 +3,8 @@
 Each message is routed by direction, kind and method to one handler; anything no handler
 claims passes. The policy keeps one session's state: the input schemas the server declared
 (from its tools/list answers) and the rate-limit windows. The judgement itself is delegated to
-pure judges (`policy.tools`, `policy.args`, `policy.schema`, `policy.limits`).
+pure judges (`policy.tools`, `policy.args`, `policy.schema`, `policy.limits`) and, for
+resources and prompts, `policy.resources`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,18 @@ from typing import TYPE_CHECKING, Any, Final
 
 from mcpshield import jsonrpc
 from mcpshield.errors import ProfileError
-from mcpshield.jsonrpc import REQUEST, RESPONSE, Message
-from mcpshield.policy.content import withhold_resources
+from mcpshield.jsonrpc import NOTIFICATION, REQUEST, RESPONSE, Message
+from mcpshield.policy.content import replace_list
 from mcpshield.policy.decision import ALLOW, Allow, Ask, Context, Decision, Deny, Direction, Rewrite
 from mcpshield.policy.limits import RateLimiter
+from mcpshield.policy.resources import ResourcesAndPrompts
 from mcpshield.policy.roots import RootsFilter
 from mcpshield.policy.tools import ALLOW as ALLOW_ACTION
-from mcpshield.policy.tools import ASK, DENY, NamedJudge, ToolJudge, Verdict
-from mcpshield.profile.model import STRICTNESS, Action, LoadedProfile, NamedSection, Profile
+from mcpshield.policy.tools import ASK, DENY, ToolJudge, Verdict
+from mcpshield.profile.model import STRICTNESS, Action, LoadedProfile, Profile
 
-#: The JSON-RPC code of a resource nobody may read (the spec's "resource not found").
-RESOURCE_NOT_FOUND: Final = -32002
+#: The error a 2025-11-25 server answers with to send the user to a URL (URL-mode elicitation).
+URL_ELICITATION_REQUIRED: Final = -32042
 #: Tools whose schema is remembered; a server declaring more is misbehaving.
 MAX_TOOLS: Final = 4096
 #: Server-to-client requests by method, and the profile field that governs each.
@@ -32,6 +34,13 @@ SERVER_REQUESTS: Final = {
     "elicitation/create": "elicitation",
     "roots/list": "roots",
 }
+#: Methods that are requests in either direction; sent as a notification, they are dropped.
+REQUEST_METHODS: Final = frozenset(
+    {"initialize", "ping", "tools/call", "tools/list", "resources/read", "resources/list"}
+    | {"resources/subscribe", "resources/unsubscribe", "resources/templates/list", "prompts/get"}
+    | {"prompts/list", "completion/complete", "logging/setLevel", "tasks/get", "tasks/result"}
+    | {"tasks/list", "tasks/cancel", "server/discover", *SERVER_REQUESTS}
+)
 _TO_SERVER: Final = Direction.TO_SERVER
 _INPUT_REQUIRED: Final = "input_required"
 
@@ -42,63 +51,76 @@ Handler = Callable[[Message, Context], Decision]
 
 
 class ProfilePolicy:
-    """Enforces a loaded profile, letting every profile it extends veto what that one denies."""
+    """Enforces a loaded profile; every profile it extends is consulted too, and the strictest
+    answer wins (what a base denies stays denied, what it asks about is still asked)."""
 
     def __init__(self, loaded: LoadedProfile, resolve: Callable[[str], str] | None = None) -> None:
         self.loaded = loaded
         chain = loaded.chain
         self._profiles = chain
         self._tools = tuple(ToolJudge(p, resolve) for p in chain)
-        self._resources = tuple(NamedJudge(p.resources, "resources") for p in chain)
-        self._resources_restricted = any(p.resources != NamedSection() for p in chain)
-        self._prompts = tuple(NamedJudge(p.prompts, "prompts") for p in chain)
+        self._content = ResourcesAndPrompts(chain)
         self._limiters = tuple(RateLimiter(p.limits) for p in chain)
         self._roots = RootsFilter(tuple(p.server_requests.roots_within for p in chain), resolve)
         self._strict = any(p.tools.strict_args for p in chain)
         self._schemas: dict[str, ToolSchema | SchemaProblem] = {}
-        self._listed = False  # a tools/list answer arrived since the last list_changed
+        self._listed = False  # the whole tool list arrived since the last list_changed
+        content = self._content
         self._requests: dict[str, Handler] = {
             "tools/call": self._tool_call,
-            "resources/read": self._resource_read,
-            "resources/subscribe": self._resource_read,
-            "prompts/get": self._prompt_get,
-            "completion/complete": self._completion,
+            "resources/read": lambda msg, ctx: self._retry(msg, content.read(msg)),
+            "resources/subscribe": lambda msg, ctx: content.read(msg),
+            "prompts/get": lambda msg, ctx: self._retry(msg, content.prompt(msg)),
+            "completion/complete": lambda msg, ctx: content.completion(msg),
             "initialize": self._initialize,
         }
         self._results: dict[str, Handler] = {
             "tools/list": self._tools_listed,
-            "resources/list": self._resources_listed,
-            "prompts/list": self._prompts_listed,
-            "resources/templates/list": self._templates_listed,
+            "resources/list": lambda msg, ctx: content.resources_listed(msg),
+            "prompts/list": lambda msg, ctx: content.prompts_listed(msg),
+            "resources/templates/list": lambda msg, ctx: content.templates_listed(msg),
             "tools/call": self._call_result,
-            "resources/read": self._input_required,
+            "resources/read": self._call_result,
             "prompts/get": self._call_result,
+            "tasks/result": self._call_result,
         }
 
     def check(self, msg: Message, ctx: Context) -> Decision:
         kind = msg.kind
+        if kind is NOTIFICATION:
+            return self._notification(msg)
         if ctx.direction is _TO_SERVER:
             if kind is REQUEST:
                 handler = self._requests.get(msg.method)  # type: ignore[arg-type]
                 return handler(msg, ctx) if handler is not None else ALLOW
-            if kind is RESPONSE and ctx.request is not None and ctx.request.method == "roots/list":
+            if ctx.request is not None and ctx.request.method == "roots/list":
                 return self._roots_answered(msg)
             return ALLOW
         if kind is RESPONSE:
-            if ctx.request is None or "result" not in msg.body:
+            if ctx.request is None:
                 return ALLOW
+            if "result" not in msg.body:
+                return self._error_answer(msg)
             handler = self._results.get(ctx.request.method)
             return handler(msg, ctx) if handler is not None else ALLOW
-        if kind is REQUEST and msg.method in SERVER_REQUESTS:
+        if msg.method in SERVER_REQUESTS:
             return self._server_request(msg)
-        if msg.method == "notifications/tools/list_changed":
+        return ALLOW
+
+    def _notification(self, msg: Message) -> Decision:
+        method = msg.method
+        if method in REQUEST_METHODS:
+            # A request without an id gets no answer and is easily taken for a no-op: a server
+            # that runs it anyway would have run an unchecked call.
+            return Deny(f"{method} sent as a notification", None, "notifications")
+        if method == "notifications/tools/list_changed":
             self._listed = False
-        elif msg.method == "notifications/resources/updated":
-            return self._resource_updated(msg)
+        elif method == "notifications/resources/updated":
+            return self._content.updated(msg)
         return ALLOW
 
     def catalog_needed(self, msg: Message) -> bool:
-        """A visible tool with no known schema, and no tool list seen since it last changed."""
+        """A visible tool with no known schema, and no whole tool list seen since it last changed."""
         tool = msg.params.get("name")
         return (
             not self._listed
@@ -125,19 +147,20 @@ class ProfilePolicy:
         problem = self._schema_problem(tool, arguments)
         if problem is not None:
             return Deny(f"mcpshield refused this call: {problem}", None, "schema")
+        if verdict.action == ASK:  # limits apply once a person has said yes, not to a question
+            return Ask(f"call {tool}", verdict.rule)
         over = self._over_limit(tool, ctx)
         if over is not None:
             return Deny(f"mcpshield refused this call: {over}", None, "limits")
-        if verdict.action == ASK:
-            return Ask(f"call {tool}", verdict.rule)
-        trimmed = self._trim_input_responses(msg)
-        return Allow(verdict.rule) if trimmed is None else Rewrite(trimmed, verdict.rule)
+        return self._retry(msg, Allow(verdict.rule))
 
-    def _trim_input_responses(self, msg: Message) -> dict[str, Any] | None:
-        """2026-07-28: a retried call carries the client's answers; roots in them are trimmed."""
+    def _retry(self, msg: Message, decision: Decision) -> Decision:
+        """2026-07-28: a retried request carries the client's answers; roots in them are trimmed."""
+        if type(decision) is not Allow or not self._roots.active:
+            return decision
         responses = msg.params.get("inputResponses")
-        if type(responses) is not dict or not self._roots.active:
-            return None
+        if type(responses) is not dict:
+            return decision
         changed = {}
         for key, response in responses.items():
             roots = response.get("roots") if type(response) is dict else None
@@ -146,19 +169,18 @@ class ProfilePolicy:
                 if len(kept) != len(roots):
                     changed[key] = {**response, "roots": kept}
         if not changed:
-            return None
+            return decision
         body = _copy_params(msg.body)
         body["params"]["inputResponses"] = {**responses, **changed}
-        return body
+        return Rewrite(body, decision.rule)
 
     def _tool_verdict(self, tool: str, arguments: dict[str, Any]) -> Verdict:
-        """The extended profile decides; a base it extends may only make that stricter by denying."""
+        """The extended profile decides; each base it extends may only make that stricter."""
         verdict = self._tools[-1].decide(tool, arguments)
-        if verdict.action != DENY:
-            for judge in self._tools[:-1]:
-                base = judge.decide(tool, arguments)
-                if base.action == DENY:
-                    return Verdict(DENY, f"base:{base.rule}", base.why)
+        for judge in self._tools[:-1]:
+            base = judge.decide(tool, arguments)
+            if STRICTNESS[base.action] > STRICTNESS[verdict.action]:
+                verdict = Verdict(base.action, f"base:{base.rule}", base.why)
         return verdict
 
     def _schema_problem(self, tool: str, arguments: dict[str, Any]) -> str | None:
@@ -179,38 +201,6 @@ class ProfilePolicy:
             if over is not None:
                 return over
         return None
-
-    def _resource_read(self, msg: Message, ctx: Context) -> Decision:
-        uri = msg.params.get("uri")
-        if type(uri) is not str:
-            return ALLOW  # malformed: the server answers it; nothing is read
-        return _named(self._resources, uri, lambda: Deny(f"Resource not found: {uri}", RESOURCE_NOT_FOUND))
-
-    def _prompt_get(self, msg: Message, ctx: Context) -> Decision:
-        name = msg.params.get("name")
-        return self._prompt_get_named(name) if type(name) is str else ALLOW
-
-    def _prompt_get_named(self, name: str) -> Decision:
-        return _named(self._prompts, name, lambda: Deny(f"Unknown prompt: {name}", jsonrpc.INVALID_PARAMS))
-
-    def _completion(self, msg: Message, ctx: Context) -> Decision:
-        """Completing an argument of a prompt or resource the profile denies would reveal it."""
-        ref = msg.params.get("ref")
-        if type(ref) is not dict:
-            return ALLOW
-        if ref.get("type") == "ref/prompt" and type(ref.get("name")) is str:
-            return self._prompt_get_named(ref["name"])
-        if ref.get("type") == "ref/resource" and type(ref.get("uri")) is str:
-            uri = ref["uri"]
-            return _named(self._resources, uri, lambda: Deny(f"Resource not found: {uri}", RESOURCE_NOT_FOUND))
-        return ALLOW
-
-    def _resource_updated(self, msg: Message) -> Decision:
-        """News of a resource the client may not see is dropped (a notification gets no answer)."""
-        uri = msg.params.get("uri")
-        if type(uri) is str and not all(judge.visible(uri) for judge in self._resources):
-            return Deny(f"update of a hidden resource {uri}", None, "resources")
-        return ALLOW
 
     def _initialize(self, msg: Message, ctx: Context) -> Decision:
         """Tells the server up front which client features the profile denies it."""
@@ -243,16 +233,27 @@ class ProfilePolicy:
             return Ask(f"the server asks for {name}", "server_requests")
         return ALLOW
 
-    def _call_result(self, msg: Message, ctx: Context) -> Decision:
-        """A tool or prompt result: its input requests policed, denied resources in it withheld."""
-        decision = self._input_required(msg, ctx)
-        if decision is not ALLOW or not self._resources_restricted or type(msg.body["result"]) is not dict:
-            return decision
-        result = withhold_resources(msg.body["result"], self._resource_allowed)
-        return ALLOW if result is None else Rewrite({**msg.body, "result": result}, "resources")
+    def _error_answer(self, msg: Message) -> Decision:
+        """-32042 carries URL-mode elicitations (2025-11-25): policed like elicitation/create."""
+        error = msg.body.get("error")
+        if type(error) is not dict or error.get("code") != URL_ELICITATION_REQUIRED:
+            return ALLOW
+        if self._feature("elicitation") == ALLOW_ACTION:
+            return ALLOW
+        text = (
+            "mcpshield refused the server's request to send the user to a URL: the profile does not allow elicitation"
+        )
+        return Rewrite({"jsonrpc": "2.0", "id": msg.id, "error": {"code": jsonrpc.SERVER_ERROR, "message": text}})
 
-    def _resource_allowed(self, uri: str) -> bool:
-        return all(judge.decide(uri).action == ALLOW_ACTION for judge in self._resources)
+    def _call_result(self, msg: Message, ctx: Context) -> Decision:
+        """A tool, prompt or resource result: its input requests policed, and the resources
+        in it that the profile does not allow withheld."""
+        decision = self._input_required(msg, ctx)
+        result = msg.body["result"]
+        if decision is not ALLOW or type(result) is not dict:
+            return decision
+        withheld = self._content.withheld(result)
+        return ALLOW if withheld is None else Rewrite({**msg.body, "result": withheld}, "resources")
 
     def _input_required(self, msg: Message, ctx: Context) -> Decision:
         """2026-07-28: a result asking the client for input is policed like the requests it replaces."""
@@ -274,10 +275,12 @@ class ProfilePolicy:
         return ALLOW
 
     def _tools_listed(self, msg: Message, ctx: Context) -> Decision:
-        tools = msg.body["result"].get("tools") if type(msg.body["result"]) is dict else None
+        result = msg.body["result"]
+        tools = result.get("tools") if type(result) is dict else None
         if type(tools) is not list:
             return ALLOW
-        self._listed = True
+        if type(result.get("nextCursor")) is not str:
+            self._listed = True  # the last page: the whole list has been seen
         kept = []
         for tool in tools:
             name = tool.get("name") if type(tool) is dict else None
@@ -286,17 +289,7 @@ class ProfilePolicy:
             if len(self._schemas) < MAX_TOOLS or name in self._schemas:
                 self._schemas[name] = _compile_schema(tool.get("inputSchema"))
             kept.append(tool)
-        return _replace_list(msg, "tools", tools, kept)
-
-    def _resources_listed(self, msg: Message, ctx: Context) -> Decision:
-        return _filter_list(msg, "resources", "uri", self._resources)
-
-    def _prompts_listed(self, msg: Message, ctx: Context) -> Decision:
-        return _filter_list(msg, "prompts", "name", self._prompts)
-
-    def _templates_listed(self, msg: Message, ctx: Context) -> Decision:
-        """Templates are judged by their text: `fake://secret/*` hides `fake://secret/{id}`."""
-        return _filter_list(msg, "resourceTemplates", "uriTemplate", self._resources)
+        return replace_list(msg, "tools", tools, kept)
 
     def _roots_answered(self, msg: Message) -> Decision:
         result = msg.body.get("result")
@@ -304,7 +297,7 @@ class ProfilePolicy:
         if type(roots) is not list or not self._roots.active:
             return ALLOW
         kept = [root for root in roots if self._roots.keeps(root)]
-        return _replace_list(msg, "roots", roots, kept)
+        return replace_list(msg, "roots", roots, kept)
 
 
 def _compile_schema(schema: object) -> ToolSchema | SchemaProblem:
@@ -312,38 +305,6 @@ def _compile_schema(schema: object) -> ToolSchema | SchemaProblem:
     from mcpshield.policy.schema import compile_tool_schema
 
     return compile_tool_schema(schema)
-
-
-def _named(judges: tuple[NamedJudge, ...], name: str, refuse: Callable[[], Deny]) -> Decision:
-    verdicts = [judge.decide(name) for judge in judges]
-    worst = max(verdicts, key=lambda v: STRICTNESS[v.action])
-    if worst.action == DENY:
-        denied = refuse()
-        return Deny(denied.reason, denied.code, worst.rule)
-    if worst.action == ASK:
-        return Ask(f"open {name}", worst.rule)
-    return Allow(verdicts[-1].rule)
-
-
-def _filter_list(msg: Message, key: str, field: str, judges: tuple[NamedJudge, ...]) -> Decision:
-    result = msg.body["result"]
-    items = result.get(key) if type(result) is dict else None
-    if type(items) is not list:
-        return ALLOW
-    kept = [
-        item
-        for item in items
-        if type(item) is dict and type(item.get(field)) is str and all(judge.visible(item[field]) for judge in judges)
-    ]
-    return _replace_list(msg, key, items, kept)
-
-
-def _replace_list(msg: Message, key: str, items: list[Any], kept: list[Any]) -> Decision:
-    if len(kept) == len(items):
-        return ALLOW
-    body = dict(msg.body)
-    body["result"] = {**body["result"], key: kept}
-    return Rewrite(body, key)
 
 
 def _copy_params(body: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ def show(ref: str, out: TextIO = sys.stdout) -> int:
     out.write(f"# profile {_clean(this.name)}: {this.source}\n")
     if len(chain) > 1:
         out.write("# extends, root first: " + " -> ".join(f"{_clean(p.name)} ({p.source})" for p in chain) + "\n")
-        out.write("# below: the effective profile (the chain merged); every base still vetoes what it denies\n")
+        out.write("# below: the effective profile (the chain merged); every base still holds what it denies or asks\n")
     out.write("# every key is shown, defaults included; `extends` is already resolved, so it is left out\n\n")
     out.write(tomli_w.dumps(this.profile.model_dump(mode="python", exclude_none=True, exclude={"extends"})))
     return 0

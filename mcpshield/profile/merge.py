@@ -33,8 +33,9 @@ def merge(base: Profile, ext: Profile) -> Profile:
     | env                         | union; ext's value where both name a variable               |
     | extends                     | ext's                                                       |
 
-    The policy additionally lets every earlier profile of the chain veto (what a base denies stays
-    denied), so a profile can narrow its base but never widen it; merge itself does not enforce that.
+    The policy additionally consults every earlier profile of the chain and keeps the strictest
+    answer (what a base denies stays denied, what it asks about is still asked), so a profile can
+    narrow its base but never widen it; merge itself does not enforce that.
     """
     return Profile(
         extends=ext.extends,

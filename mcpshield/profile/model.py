@@ -164,7 +164,8 @@ class Profile(_Model):
     """One server's least-privilege policy."""
 
     extends: str | None = None
-    """A profile (name or path) this one narrows: nothing the base denies can be allowed here."""
+    """A profile (name or path) this one narrows: nothing the base denies or asks about can run
+    more freely here."""
     server: ServerSection = Field(default_factory=ServerSection)
     tools: ToolsSection = Field(default_factory=ToolsSection)
     rules: tuple[Rule, ...] = ()
@@ -204,7 +205,7 @@ class LoadedProfile:
 
     `chain` runs from the root base to this profile; each element is already merged with the
     ones before it (see `profile.load.merge`). The policy enforces the last one and lets every
-    earlier one veto: what a base denies stays denied.
+    earlier one make it stricter: what a base denies stays denied, what it asks is still asked.
     """
 
     __slots__ = ("chain", "name", "source")
