@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from mcpshield import __version__
 from mcpshield.errors import ShieldError, UsageError
 
 if TYPE_CHECKING:
-    from mcpshield.policy import Policy
+    from mcpshield.policy.redact import Redactor
+    from mcpshield.profile.model import LoadedProfile
 
 _DESCRIPTION = """\
 mcpshield wraps a local stdio MCP server: it starts the server as its child and relays
@@ -25,7 +26,8 @@ example, in a client's config:
   "args": ["run", "--", "/usr/bin/npx", "-y", "@modelcontextprotocol/server-everything"]
 
 The server gets a minimal environment (PATH, HOME, USER, LOGNAME, SHELL, TERM, LANG, LC_*,
-TMPDIR, TZ, SSL_CERT_FILE, SSL_CERT_DIR, NODE_EXTRA_CA_CERTS) plus what --env passes.
+TMPDIR, TZ, SSL_CERT_FILE, SSL_CERT_DIR, NODE_EXTRA_CA_CERTS), plus what --env passes, plus
+the profile's [env] (keyring secrets; its values are redacted from all the server sends back).
 mcpshield exits with the server's exit status (128+N if a signal N ended it).
 
 --profile NAME looks for NAME.toml among the user's profiles, then the shipped ones; a PATH
@@ -149,28 +151,45 @@ def _run(args: argparse.Namespace) -> int:
     from mcpshield.runner import RunConfig, run_server
     from mcpshield.supervisor import LaunchSpec, minimal_env, parse_env_flags
 
-    policy: Policy = PassThrough()
-    if args.profile != "none":  # pass-through needs none of the profile machinery (start-up time)
-        policy = _profile_policy(args.profile, command)
     env = minimal_env(os.environ, parse_env_flags(args.env))
-    return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=policy))
-
-
-def _profile_policy(ref: str | None, command: Sequence[str]) -> Policy:
-    """The policy of the profile named, or of the one matching the command; refuses to go on
-    without one (only `--profile none` runs a server unpoliced)."""
+    if args.profile == "none":  # pass-through needs none of the profile machinery (start-up time)
+        return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=PassThrough()))
+    loaded = _find_profile(args.profile, command)
+    if loaded is None:
+        return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=PassThrough()))
     from mcpshield.policy.engine import build_policy
+
+    policy = build_policy(loaded)  # before any secret is read: a broken profile touches no keyring
+    redactor = _inject_env(loaded.profile.env, env)
+    sys.stderr.write(f"mcpshield: enforcing profile {loaded.name} ({loaded.source})\n")
+    return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=policy, redactor=redactor))
+
+
+def _find_profile(ref: str | None, command: Sequence[str]) -> LoadedProfile | None:
+    """The profile named, or the one matching the command (None: `--profile none` by path or
+    name); refuses to go on without one."""
     from mcpshield.profile.load import match_command, no_profile_error, resolve
 
     loaded = resolve(ref) if ref is not None else match_command(command)
-    if loaded is None:
-        if ref is None:
-            raise no_profile_error(command)
-        from mcpshield.policy import PassThrough
+    if loaded is None and ref is None:
+        raise no_profile_error(command)
+    return loaded
 
-        return PassThrough()
-    sys.stderr.write(f"mcpshield: enforcing profile {loaded.name} ({loaded.source})\n")
-    return build_policy(loaded)
+
+def _inject_env(spec: Mapping[str, str], env: dict[str, str]) -> Redactor | None:
+    """Adds the profile's [env] to the server's environment `env` and returns the redactor for
+    its values (None when the profile injects nothing). A name --env also set: the profile wins."""
+    if not spec:
+        return None
+    from mcpshield.policy.redact import Redactor
+    from mcpshield.secrets.resolve import resolve_env
+
+    resolved = resolve_env(spec, os.environ)
+    overridden = sorted(name for name in resolved.values if name in env and env[name] != resolved.values[name])
+    if overridden:
+        sys.stderr.write(f"mcpshield: the profile's [env] sets {', '.join(overridden)}, over what --env passed\n")
+    env.update(resolved.values)
+    return Redactor(resolved.redact)
 
 
 def _server_command(words: Sequence[str], verb: str) -> list[str]:

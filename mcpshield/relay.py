@@ -2,7 +2,8 @@
 
 Both directions are read in large chunks, split into lines, decoded once, judged by the
 policy in one place (`_decide`), and written out in one syscall per chunk. A message no
-check changes leaves as the bytes it arrived as.
+check changes leaves as the bytes it arrived as. Injected secrets are redacted from every
+byte bound for the client's stdout and for stderr, at the two places those bytes leave.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import orjson
@@ -26,6 +27,9 @@ from mcpshield.ledger import Entry, Ledger
 from mcpshield.policy import Allow, Ask, Context, Decision, Deny, Direction, Policy, Rewrite
 from mcpshield.supervisor import Child, describe_exit, exit_status
 
+if TYPE_CHECKING:  # `run` imports the redactor only when there is something to redact
+    from mcpshield.policy.redact import Redactor
+
 #: After the client hangs up and the server's stdin is closed, how long the server may take
 #: to exit on its own before SIGTERM (clients allow about 2 s for the whole shutdown).
 STDIN_CLOSE_GRACE_S: Final = 1.0
@@ -35,7 +39,8 @@ TERM_GRACE_S: Final = 1.0
 STDOUT_DRAIN_S: Final = 0.5
 #: How long the last answers may take to reach the client before mcpshield exits anyway.
 CLIENT_FLUSH_S: Final = 2.0
-#: Server stderr held back waiting for the end of its line, at most (then passed as is).
+#: Server stderr held back waiting for the end of its line, at most (then passed on as it
+#: is; each piece is redacted alone, so a secret straddling the cut is not caught).
 STDERR_HOLD_BYTES: Final = 64 * 1024
 
 _NL: Final = b"\n"
@@ -49,9 +54,21 @@ _STATELESS_META: Final = "io.modelcontextprotocol/protocolVersion"
 class Relay:
     """Relays one client connection to one server process until either side ends."""
 
-    def __init__(self, child: Child, policy: Policy, client_in: int = 0, client_out: int = 1) -> None:
+    def __init__(
+        self,
+        child: Child,
+        policy: Policy,
+        client_in: int = 0,
+        client_out: int = 1,
+        *,
+        redactor: Redactor | None = None,
+    ) -> None:
         self._child = child
         self._policy = policy
+        # None unless there is something to redact: then the hot path pays one attribute check.
+        self._redactor = redactor if redactor is not None and redactor.active else None
+        #: Replacements made so far, in everything sent to the client and written to stderr.
+        self.redactions = 0
         self._client_in_fd = client_in
         self._client_out_fd = client_out
         self._client_ledger = Ledger()  # the client's requests, awaiting the server
@@ -174,7 +191,7 @@ class Relay:
         if type(msg) is not Message:
             assert isinstance(msg, DecodeFailure)
             if line.strip():
-                self._client_failure(msg)
+                self._client_failure(msg, line)
             return
         kind = msg.kind
         if kind is REQUEST:
@@ -192,8 +209,8 @@ class Relay:
                 self._note_cancel(msg, self._client_ledger)
             self._dispatch(msg, TO_SERVER, None)
 
-    def _client_failure(self, failure: DecodeFailure) -> None:
-        self._report(f"refused a message from the client: {failure.reason}: {_show(failure.excerpt)}")
+    def _client_failure(self, failure: DecodeFailure, line: bytes) -> None:
+        self._report(f"refused a message from the client: {failure.reason}: {self._excerpt(failure, line)}")
         if failure.kind is NOTIFICATION:
             return
         if failure.kind is RESPONSE:
@@ -226,7 +243,7 @@ class Relay:
         if type(msg) is not Message:
             assert isinstance(msg, DecodeFailure)
             if line.strip():
-                self._server_failure(msg)
+                self._server_failure(msg, line)
             return
         kind = msg.kind
         if kind is RESPONSE:
@@ -242,11 +259,12 @@ class Relay:
                 self._note_cancel(msg, self._server_ledger)
             self._dispatch(msg, TO_CLIENT, None)
 
-    def _server_failure(self, failure: DecodeFailure) -> None:
+    def _server_failure(self, failure: DecodeFailure, line: bytes) -> None:
+        excerpt = self._excerpt(failure, line)
         if failure.code == jsonrpc.PARSE_ERROR:
-            self._report(f"kept non-JSON server output off the client's stdout: {_show(failure.excerpt)}")
+            self._report(f"kept non-JSON server output off the client's stdout: {excerpt}")
             return
-        self._report(f"refused a message from the server: {failure.reason}: {_show(failure.excerpt)}")
+        self._report(f"refused a message from the server: {failure.reason}: {excerpt}")
         if failure.id is None:
             return
         if failure.kind is RESPONSE:
@@ -278,12 +296,12 @@ class Relay:
             return
         if cut == 0:
             cut = len(data)
-        self._err.write(data[:cut])
+        self._write_err(data[:cut])
         self._stderr_partial = data[cut:]
 
     def _on_stderr_eof(self) -> None:
         if self._stderr_partial:
-            self._err.write(self._stderr_partial + _NL)
+            self._write_err(self._stderr_partial + _NL)
             self._stderr_partial = b""
 
     # -- both ways ----------------------------------------------------------------------
@@ -416,10 +434,35 @@ class Relay:
         if self._to_client:
             batch = self._to_client
             self._to_client = []
-            self._out_client.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            redactor = self._redactor
+            if redactor is not None:
+                # Every byte for the client passes here (forwarded, rewritten, refusals, errors),
+                # once per chunk rather than per message. Only whole JSON lines are in the batch.
+                data, count = redactor.redact(data, json_context=True)
+                self.redactions += count
+            self._out_client.write(data)
 
     def _report(self, text: str) -> None:
-        self._err.write(b"mcpshield: " + text.encode("utf-8", "replace") + _NL)
+        self._write_err(b"mcpshield: " + text.encode("utf-8", "replace") + _NL)
+
+    def _write_err(self, data: bytes) -> None:
+        """Everything for stderr, the server's lines and mcpshield's own, with secrets hidden."""
+        redactor = self._redactor
+        if redactor is not None:
+            data, count = redactor.redact(data, json_context=False)
+            self.redactions += count
+        self._err.write(data)
+
+    def _excerpt(self, failure: DecodeFailure, line: bytes) -> str:
+        """The start of an offending line, for a report. With secrets to hide it is cut from the
+        redacted line: cutting first could leave half a secret, which no form matches."""
+        redactor = self._redactor
+        if redactor is None:
+            return _show(failure.excerpt)
+        redacted, count = redactor.redact(line, json_context=False)
+        self.redactions += count
+        return _show(redacted[: jsonrpc.REPORT_EXCERPT_BYTES])
 
     # -- back-pressure and endings ------------------------------------------------------
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import anyio
 
 from mcpshield.policy import PassThrough, Policy
 from mcpshield.relay import Relay
 from mcpshield.supervisor import Child, LaunchSpec
+
+if TYPE_CHECKING:
+    from mcpshield.policy.redact import Redactor
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,12 +21,14 @@ class RunConfig:
 
     launch: LaunchSpec
     policy: Policy = field(default_factory=PassThrough)
+    #: Hides the values the profile's [env] injected; None when it injected none.
+    redactor: Redactor | None = None
 
 
 def run_server(config: RunConfig) -> int:
     """Starts the server and relays until it has exited; returns the status to exit with."""
     child = Child(config.launch)
-    relay = Relay(child, config.policy)
+    relay = Relay(child, config.policy, redactor=config.redactor)
     try:
         return anyio.run(relay.run, backend="asyncio", backend_options=_loop_options())
     finally:

@@ -8,6 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 ECHO_SERVER = REPO / "scripts" / "bench_echo_server.py"
 NAIVE_RELAY = REPO / "scripts" / "naive_relay.py"
 BENCH_PROFILE = REPO / "scripts" / "bench_profile.toml"
+# The bench profile plus a secret in the server's environment, which mcpshield redacts.
+SECRET_PROFILE = REPO / "scripts" / "bench_secret_profile.toml"
 
 # A 10 MB message through a slow relay (naive json round trip) takes well under this.
 LARGE_TIMEOUT_S = 30.0
@@ -84,6 +87,7 @@ def target_commands() -> dict[str, list[str]]:
         "naive": [python, str(NAIVE_RELAY), "--", *server],
         "mcpshield": [*shield, "none", "--", *server],
         "profile": [*shield, str(BENCH_PROFILE.relative_to(REPO)), "--", *server],
+        "secret": [*shield, str(SECRET_PROFILE.relative_to(REPO)), "--", *server],
     }
 
 
@@ -101,7 +105,16 @@ REFUSALS = {
     "rule": Refusal(lambda i: echo_request(i, REFUSED_TEXT), check_tool_refused),
 }
 # Targets enforcing scripts/bench_profile.toml: the only ones that refuse the REFUSALS calls.
-REFUSING = frozenset({"profile"})
+REFUSING = frozenset({"profile", "secret"})
+# Targets with a secret to redact, checked to redact it before anything is measured.
+REDACTING = frozenset({"secret"})
+
+
+def bench_secret() -> str:
+    """The one value in scripts/bench_secret_profile.toml's [env]."""
+    with SECRET_PROFILE.open("rb") as file:
+        (value,) = tomllib.load(file)["env"].values()
+    return str(value)
 
 
 # -- the measurements --------------------------------------------------------------------------
@@ -238,6 +251,20 @@ def open_session(trial: Trial, stack: ExitStack) -> None:
     trial.sampler = RssSampler(trial.conn.proc.pid)
 
 
+def check_redacting(trial: Trial) -> None:
+    """Echoes the target's secret once: it must come back redacted, or the target would measure
+    nothing of what it is named for."""
+    secret = bench_secret()
+    request_id = trial.ids(1)
+    line, _ = round_trip(trial.live, echo_request(request_id, secret) + b"\n")
+    text = check_echo(line, request_id)["result"]["content"][0]["text"]
+    if secret in text or "[REDACTED:" not in text:
+        raise BenchError(
+            "the server's secret came back unredacted: `mcpshield run` must inject the profile's [env]"
+            " and redact it (RunConfig's redactor)"
+        )
+
+
 def sample_rss(trial: Trial) -> None:
     assert trial.sampler is not None
     trial.live.on_tick = trial.sampler.sample
@@ -265,6 +292,7 @@ def run_trials(trials: list[Trial], counts: Counts) -> None:
         each_live(trials, startup_once)
     with ExitStack() as stack:
         each_live(trials, lambda t: open_session(t, stack))
+        each_live([t for t in trials if t.name in REDACTING], check_redacting)
         latency_rounds(trials, counts)
         each_live(trials, sample_rss)
         each_live(trials, lambda t: throughput_block(t, counts.throughput_warmup, keep=False))

@@ -11,7 +11,9 @@ from conftest import ROOT
 
 #: Bound on the whole quick run; it takes a few seconds on an idle machine.
 QUICK_RUN_TIMEOUT_S = 120
-TARGETS = {"direct", "naive", "mcpshield", "profile"}
+TARGETS = {"direct", "naive", "mcpshield", "profile", "secret"}
+# Targets whose profile refuses calls (the secret profile extends the bench profile).
+REFUSING = {"profile", "secret"}
 REFUSED_KINDS = {"unknown_tool", "rule"}
 
 
@@ -38,7 +40,7 @@ def test_a_quick_bench_run_measures_every_target_and_the_refused_calls() -> None
         assert figures["calls_per_s"] > 0
         assert figures["startup_ms"] > 0
         assert figures["load_rss_mb"] > 0
-    for name in ("naive", "mcpshield", "profile"):
+    for name in TARGETS - {"direct"}:
         assert [c["name"] for c in targets[name]["verdict"]["checks"]] == [
             "added p50",
             "throughput",
@@ -46,11 +48,12 @@ def test_a_quick_bench_run_measures_every_target_and_the_refused_calls() -> None
             "startup over direct",
             "RSS under load",
         ]
-    # Only the profile refuses calls; the bench checked every answer (an Unknown tool error, an
+    # Only the profiles refuse calls; the bench checked every answer (an Unknown tool error, an
     # isError result) and counts the ones it timed.
-    profile = targets["profile"]
-    assert set(profile["refused_p50_us"]) == REFUSED_KINDS
-    assert all(p50 > 0 for p50 in profile["refused_p50_us"].values())
-    assert profile["refused_calls"] == dict.fromkeys(REFUSED_KINDS, report["counts"]["refused_calls"])
-    for name in TARGETS - {"profile"}:
+    for name in REFUSING:
+        refusing = targets[name]
+        assert set(refusing["refused_p50_us"]) == REFUSED_KINDS
+        assert all(p50 > 0 for p50 in refusing["refused_p50_us"].values())
+        assert refusing["refused_calls"] == dict.fromkeys(REFUSED_KINDS, report["counts"]["refused_calls"])
+    for name in TARGETS - REFUSING:
         assert "refused_p50_us" not in targets[name]

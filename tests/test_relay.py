@@ -264,3 +264,21 @@ def test_a_terminal_as_stdin_is_left_blocking_as_it_was() -> None:
     finally:
         os.close(controller)
         os.close(terminal)
+
+
+def test_the_profile_env_is_injected_redacted_and_wins_over_env_flags(shield: Shield, tmp_path: Path) -> None:
+    profile = tmp_path / "env.toml"
+    profile.write_text(
+        '[tools]\nallow = ["env"]\n\n[env]\nFROM_PARENT = "env:PARENT_VALUE"\nSHARED = "profile-value-1"\n'
+    )
+    env = environ_with(PARENT_VALUE="parent-secret-42")
+    flags = ["--profile", str(profile), "--env", "SHARED=flag-value-1", "--env", "PLAIN=plain-flag-value"]
+    client = shield(*fake_argv(), flags=flags, env=env)
+    client.initialize()
+    client.call(2, "env")
+    server_env = json.loads(client.answer_for(2)["result"]["content"][0]["text"])
+    assert server_env["FROM_PARENT"] == "[REDACTED:FROM_PARENT]"
+    assert server_env["SHARED"] == "[REDACTED:SHARED]"  # the profile's value, redacted on the way back
+    assert server_env["PLAIN"] == "plain-flag-value"  # --env values are not redacted
+    assert "PARENT_VALUE" not in server_env
+    client.wait_stderr(b"mcpshield: the profile's [env] sets SHARED, over what --env passed")
