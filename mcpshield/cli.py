@@ -14,6 +14,7 @@ from mcpshield.errors import ShieldError, UsageError
 if TYPE_CHECKING:
     from mcpshield.policy.redact import Redactor
     from mcpshield.profile.model import LoadedProfile
+    from mcpshield.runner import AuditConfig
 
 _DESCRIPTION = """\
 mcpshield wraps a local stdio MCP server: it starts the server as its child and relays
@@ -29,6 +30,7 @@ The server gets a minimal environment (PATH, HOME, USER, LOGNAME, SHELL, TERM, L
 TMPDIR, TZ, SSL_CERT_FILE, SSL_CERT_DIR, NODE_EXTRA_CA_CERTS), plus what --env passes, plus
 the profile's [env] (keyring secrets; its values are redacted from all the server sends back).
 mcpshield exits with the server's exit status (128+N if a signal N ended it).
+Every session writes an audit log (`mcpshield audit path` says where; exit 4 if it cannot).
 
 --profile NAME looks for NAME.toml among the user's profiles, then the shipped ones; a PATH
 (with a / or ending in .toml) names a file; `none` runs without a profile. Without --profile,
@@ -61,9 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME|PATH|none",
         help="the profile to enforce: a name, a .toml path, or `none`; default: the one matching CMD",
     )
+    run.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="write no audit log for this session (a profile can also say [audit] enabled = false)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the server's command")
     _add_profile_verbs(verbs)
     _add_secret_verbs(verbs)
+    _add_audit_verbs(verbs)
 
     verbs.add_parser(
         "demo",
@@ -113,6 +121,55 @@ def _add_secret_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]
     sub.add_parser("doctor", help="which keyring backend is used, is it secure, what to do")
 
 
+def _add_audit_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    group = verbs.add_parser(
+        "audit",
+        help="verify, read, summarise or prune the audit log",
+        description="Every run writes a tamper-evident JSONL file per session. See docs/audit.md.",
+    )
+    sub = group.add_subparsers(dest="audit_verb", metavar="SUBCOMMAND", required=True)
+    verify = sub.add_parser(
+        "verify",
+        help="check the hash chain of session files; exit 1 if one was tampered with",
+        description="Check each file's hash chain: `ok`, the first broken line and why (exit 1), or "
+        "`incomplete` for a file without its session's end (a warning only).",
+    )
+    verify.add_argument("paths", nargs="*", metavar="PATH", help="a session file, or a folder of them")
+    verify.add_argument("--all", action="store_true", help="every session file in the log")
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--since", metavar="AGE", help="only events younger than AGE: 30s, 15m, 1h, 2d, 1w")
+    filters.add_argument("--session", metavar="ID", help="only the sessions whose id starts with ID")
+    filters.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tail = sub.add_parser(
+        "tail",
+        parents=[filters],
+        help="show the latest requests and refusals; -f to follow",
+        description="Show the last matching events: a table of requests and refused input, or with --json "
+        "every matching event as its JSON line.",
+    )
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events until Ctrl-C")
+    tail.add_argument("-n", dest="count", default="20", metavar="N|all", help="how many to show first (default 20)")
+    tail.add_argument("--tool", metavar="GLOB", help="only calls of tools matching GLOB (case-sensitive)")
+    tail.add_argument("--decision", choices=("allow", "deny", "ask", "rewrite"), help="only requests so decided")
+    sub.add_parser(
+        "stats",
+        parents=[filters],
+        help="calls, denials, approvals, errors and latency per tool",
+        description="Count requests per tool (other methods in parentheses): calls, allowed, denied, asked, "
+        "errors, and the 50th and 99th percentile of the latency the requester saw.",
+    )
+    prune = sub.add_parser(
+        "prune",
+        help="remove session files older than an age",
+        description="Remove the session files whose session started and last wrote before AGE ago; a file "
+        "written in the last minute is always kept.",
+    )
+    prune.add_argument("--older-than", required=True, metavar="AGE", help="e.g. 30d, 2w, 12h")
+    prune.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    where = sub.add_parser("path", help="print where the log is (or a session's file)")
+    where.add_argument("--session", metavar="ID", help="print the files of the sessions whose id starts with ID")
+
+
 def _init_options(prog: str | None = None) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(prog=prog, add_help=False)
     options.add_argument("--force", action="store_true", help="replace an existing profile")
@@ -131,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _profile(args)
         if args.verb == "secret":
             return _secret(args)
+        if args.verb == "audit":
+            return _audit(args)
         if args.verb == "demo":
             from mcpshield.demo.client import main as demo_main
 
@@ -152,17 +211,33 @@ def _run(args: argparse.Namespace) -> int:
     from mcpshield.supervisor import LaunchSpec, minimal_env, parse_env_flags
 
     env = minimal_env(os.environ, parse_env_flags(args.env))
-    if args.profile == "none":  # pass-through needs none of the profile machinery (start-up time)
-        return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=PassThrough()))
-    loaded = _find_profile(args.profile, command)
-    if loaded is None:
-        return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=PassThrough()))
+    loaded = None if args.profile == "none" else _find_profile(args.profile, command)
+    if loaded is None:  # pass-through needs none of the profile machinery (start-up time)
+        audit = None if args.no_audit else _audit_config(None)
+        launch = LaunchSpec(tuple(command), env)
+        return run_server(RunConfig(launch=launch, policy=PassThrough(), audit=audit))
     from mcpshield.policy.engine import build_policy
 
     policy = build_policy(loaded)  # before any secret is read: a broken profile touches no keyring
     redactor = _inject_env(loaded.profile.env, env)
+    audit = None if args.no_audit or not loaded.profile.audit.enabled else _audit_config(loaded)
     sys.stderr.write(f"mcpshield: enforcing profile {loaded.name} ({loaded.source})\n")
-    return run_server(RunConfig(launch=LaunchSpec(tuple(command), env), policy=policy, redactor=redactor))
+    launch = LaunchSpec(tuple(command), env)
+    return run_server(RunConfig(launch=launch, policy=policy, redactor=redactor, audit=audit))
+
+
+def _audit_config(loaded: LoadedProfile | None) -> AuditConfig:
+    """How the session is audited: the profile's [audit], or the defaults without a profile."""
+    from mcpshield.audit.trail import Recording
+    from mcpshield.runner import AuditConfig
+
+    if loaded is None:
+        return AuditConfig(Recording())
+    section = loaded.profile.audit
+    recording = Recording(
+        section.record_arguments, section.record_results, section.max_recorded_bytes, section.on_log_failure
+    )
+    return AuditConfig(recording, {"name": loaded.name, "source": loaded.source, "extends": len(loaded.chain) - 1})
 
 
 def _find_profile(ref: str | None, command: Sequence[str]) -> LoadedProfile | None:
@@ -242,6 +317,23 @@ def _secret(args: argparse.Namespace) -> int:
     if args.keyring_verb == "rm":
         return commands.remove_secret(args.name)
     return commands.list_secrets() if args.keyring_verb == "list" else doctor.doctor()
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from mcpshield.audit import commands
+
+    if args.audit_verb == "verify":
+        return commands.verify(args.paths, args.all)
+    if args.audit_verb == "prune":
+        return commands.prune(args.older_than, args.dry_run)
+    if args.audit_verb == "path":
+        return commands.path(args.session)
+    if args.audit_verb == "stats":
+        return commands.stats(commands.make_filter(args.since, session=args.session), args.json)
+    if args.count != "all" and not (args.count.isdigit() and args.count.isascii()):
+        raise UsageError(f"-n {args.count!r} is not a count", "give a number of events, or `all`")
+    filt = commands.make_filter(args.since, tool=args.tool, decision=args.decision, session=args.session)
+    return commands.tail(filt, None if args.count == "all" else int(args.count), args.follow, args.json)
 
 
 def _check_env_flags(flags: Sequence[str]) -> None:

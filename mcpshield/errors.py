@@ -5,6 +5,7 @@
     ├── LaunchError             the server could not be started
     ├── ProfileError            a profile is missing, malformed, ambiguous or cannot be written
     ├── SecretError             a secret cannot be stored, found or injected (the value is never named)
+    ├── AuditError              the audit log cannot be written or read
     └── UnsupportedPlatform     this OS lacks what the feature needs
 
 The CLI prints `mcpshield: <message>` and `Tip: <tip>` and exits with `exit_code`.
@@ -50,6 +51,13 @@ class SecretError(ShieldError):
     corrupt. Messages name secrets, never their values."""
 
     exit_code = 3
+
+
+class AuditError(ShieldError):
+    """The audit log cannot be created, written or read (a broken chain is `audit verify`'s
+    finding, exit 1, not an error)."""
+
+    exit_code = 4
 
 
 class UnsupportedPlatform(ShieldError):

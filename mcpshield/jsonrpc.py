@@ -210,12 +210,32 @@ def decode(line: bytes) -> Message | DecodeFailure:
 
 
 def _decode_fallback(line: bytes) -> Any:
-    """Second opinion for what orjson cannot hold (integers beyond 64 bits); strict otherwise."""
+    """Second opinion for what orjson cannot hold (integers beyond 64 bits); strict otherwise.
+
+    orjson also refuses a lone UTF-16 surrogate escape ("\\ud800" without its pair), which the
+    stdlib parser accepts; such a string is no Unicode text, and peers would each make something
+    else of it (or fail re-encoding it), so it is refused here too."""
     try:
         text = line.decode("utf-8")
-        return json.loads(text, parse_constant=_refuse_constant)
+        body = json.loads(text, parse_constant=_refuse_constant)
+        if "\\u" in text:  # only an escape can make a lone surrogate out of valid UTF-8
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return _lone_surrogate(line, body)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return DecodeFailure(PARSE_ERROR, "the line is not valid UTF-8 JSON", _excerpt(line))
+    return body
+
+
+def _lone_surrogate(line: bytes, body: Any) -> DecodeFailure:
+    reason = "a message must not contain a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair)"
+    failure = _refused(line, body if type(body) is dict else {}, reason)
+    if type(failure.id) is str and not failure.id.isascii():
+        try:
+            failure.id.encode("utf-8")
+        except UnicodeEncodeError:  # the id itself: it cannot be sent back, so the answer gets null
+            return DecodeFailure(failure.code, reason, failure.excerpt, None, failure.kind)
+    return failure
 
 
 def _refuse_constant(name: str) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
@@ -19,36 +18,33 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import orjson
 
-from mcpshield import jsonrpc
+from mcpshield import answers, jsonrpc
 from mcpshield.catalog import FETCH_TIMEOUT_S, CatalogFetch
 from mcpshield.fdio import FdReader, FdWriter, is_pollable
-from mcpshield.jsonrpc import NOTIFICATION, REQUEST, RESPONSE, DecodeFailure, Message, Oversized
+from mcpshield.jsonrpc import NOTIFICATION, REQUEST, RESPONSE, DecodeFailure, JsonId, Message, Oversized
 from mcpshield.ledger import Entry, Ledger
 from mcpshield.policy import Allow, Ask, Context, Decision, Deny, Direction, Policy, Rewrite
+from mcpshield.shutdown import Shutdown
+from mcpshield.stderr import STDERR_HOLD_BYTES, Stderr
 from mcpshield.supervisor import Child, describe_exit, exit_status
 
-if TYPE_CHECKING:  # `run` imports the redactor only when there is something to redact
+if TYPE_CHECKING:  # `run` imports these only when there is something to redact or audit
+    from mcpshield.audit.trail import AuditTrail
     from mcpshield.policy.redact import Redactor
 
-#: After the client hangs up and the server's stdin is closed, how long the server may take
-#: to exit on its own before SIGTERM (clients allow about 2 s for the whole shutdown).
-STDIN_CLOSE_GRACE_S: Final = 1.0
-#: After SIGTERM, how long before SIGKILL.
-TERM_GRACE_S: Final = 1.0
 #: After the server exits, how long its stdout may stay open (a grandchild holding it).
 STDOUT_DRAIN_S: Final = 0.5
 #: How long the last answers may take to reach the client before mcpshield exits anyway.
 CLIENT_FLUSH_S: Final = 2.0
-#: Server stderr held back waiting for the end of its line, at most (then passed on as it
-#: is; each piece is redacted alone, so a secret straddling the cut is not caught).
-STDERR_HOLD_BYTES: Final = 64 * 1024
+
+__all__ = ["STDERR_HOLD_BYTES", "Relay"]
 
 _NL: Final = b"\n"
 TO_SERVER: Final = Direction.TO_SERVER
 TO_CLIENT: Final = Direction.TO_CLIENT
 _CANCELLED: Final = "notifications/cancelled"
-#: The `_meta` key every request carries in the stateless (2026-07-28) protocol era.
-_STATELESS_META: Final = "io.modelcontextprotocol/protocolVersion"
+#: The audit log's name for each kind of Decision.
+_DECISIONS: Final[dict[type, str]] = {Allow: "allow", Deny: "deny", Ask: "ask", Rewrite: "rewrite"}
 
 
 class Relay:
@@ -62,13 +58,20 @@ class Relay:
         client_out: int = 1,
         *,
         redactor: Redactor | None = None,
+        trail: AuditTrail | None = None,
     ) -> None:
         self._child = child
         self._policy = policy
+        # None when not auditing: then, as for the redactor, the hot path pays attribute checks.
+        self._trail = trail
+        self._initialize: dict[str, object] = {}  # the client's initialize params, for the log
         # None unless there is something to redact: then the hot path pays one attribute check.
         self._redactor = redactor if redactor is not None and redactor.active else None
-        #: Replacements made so far, in everything sent to the client and written to stderr.
-        self.redactions = 0
+        self._client_redactions = 0
+        self._stderr = Stderr(self._redactor)
+        self._report = self._stderr.report
+        self._on_stderr_data = self._stderr.server_data
+        self._on_stderr_eof = self._stderr.server_eof
         self._client_in_fd = client_in
         self._client_out_fd = client_out
         self._client_ledger = Ledger()  # the client's requests, awaiting the server
@@ -78,24 +81,30 @@ class Relay:
         self._to_server: list[bytes] = []
         self._to_client: list[bytes] = []
         self._fetch = CatalogFetch(self._client_ledger, self._to_server_append)
-        self._stderr_partial = b""
-        self._shutting_down = False
-        self._signals = 0
+        self._shutdown = Shutdown(child, self._stop_input)
         self._restore: list[Callable[[], None]] = []
         self._now = time.monotonic()
+
+    @property
+    def why_ended(self) -> str:
+        """What ended the session: the client, a signal, or the server's own exit."""
+        return self._shutdown.why
+
+    @property
+    def redactions(self) -> int:
+        """Replacements made so far, in everything sent to the client and written to stderr."""
+        return self._client_redactions + self._stderr.redactions
 
     async def run(self) -> int:
         """Relays until the server has exited; returns the exit status to exit with."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._child_gone = asyncio.Event()
         self._server_eof = asyncio.Event()
         self._start_io(loop)
         try:
             async with anyio.create_task_group() as tg:
-                self._tg = tg
-                self._watch_exit(loop)
-                await self._child_gone.wait()
+                self._shutdown.watch(loop, tg)
+                await self._shutdown.child_gone.wait()
                 with anyio.move_on_after(STDOUT_DRAIN_S):
                     await self._server_eof.wait()
                 tg.cancel_scope.cancel()
@@ -116,15 +125,15 @@ class Relay:
         child = self._child
         self._out_server = FdWriter(loop, child.stdin_fd, self._server_pressure, self._server_gone)
         self._out_client = self._client_writer(loop)
-        self._err = FdWriter(loop, 2, self._stderr_pressure, lambda: None, pollable=_is_stream(2))
+        self._err = self._stderr.out = FdWriter(loop, 2, self._stderr_pressure, lambda: None, pollable=_is_stream(2))
         self._keep_blocking_state(self._client_in_fd)
         self._in_client = FdReader(loop, self._client_in_fd, self._on_client_data, self._on_client_eof)
         self._in_server = FdReader(loop, child.stdout_fd, self._on_server_data, self._server_eof.set)
         self._in_stderr = FdReader(loop, child.stderr_fd, self._on_stderr_data, self._on_stderr_eof)
         for reader in (self._in_client, self._in_server, self._in_stderr):
             reader.start()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self._on_signal)
+        if self._trail is not None:
+            self._trail.watch(loop)
 
     def _client_writer(self, loop: asyncio.AbstractEventLoop) -> FdWriter:
         fd = self._client_out_fd
@@ -140,23 +149,16 @@ class Relay:
             was_blocking = os.get_blocking(fd)
             self._restore.append(lambda: os.set_blocking(fd, was_blocking))
 
-    def _watch_exit(self, loop: asyncio.AbstractEventLoop) -> None:
-        exit_fd = self._child.exit_fd
-
-        def exited() -> None:
-            if self._child.returncode is not None:
-                loop.remove_reader(exit_fd)
-                self._child_gone.set()
-
-        loop.add_reader(exit_fd, exited)
-        exited()
+    def _stop_input(self) -> None:
+        self._in_client.stop()
+        self._out_server.close()
 
     def _close_io(self) -> None:
-        loop = self._loop
         for reader in (self._in_client, self._in_server, self._in_stderr):
             reader.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        self._shutdown.unwatch(self._loop)
+        if self._trail is not None:
+            self._trail.unwatch(self._loop)
         for restore in self._restore:
             with contextlib.suppress(OSError):
                 restore()
@@ -210,7 +212,10 @@ class Relay:
             self._dispatch(msg, TO_SERVER, None)
 
     def _client_failure(self, failure: DecodeFailure, line: bytes) -> None:
-        self._report(f"refused a message from the client: {failure.reason}: {self._excerpt(failure, line)}")
+        excerpt = self._stderr.excerpt(failure, line)
+        self._report(f"refused a message from the client: {failure.reason}: {excerpt}")
+        if self._trail is not None:
+            self._trail.refused_input("client", failure.reason, excerpt)
         if failure.kind is NOTIFICATION:
             return
         if failure.kind is RESPONSE:
@@ -228,10 +233,12 @@ class Relay:
     def _client_oversized(self, line: Oversized) -> None:
         reason = f"message of {line.size} bytes is over mcpshield's limit of {jsonrpc.MAX_MESSAGE_BYTES} bytes"
         self._report(f"refused a message from the client: {reason}")
+        if self._trail is not None:
+            self._trail.refused_input("client", reason, "")
         self._to_client.append(jsonrpc.error_response(jsonrpc.salvage_id(line), jsonrpc.INVALID_REQUEST, reason))
 
     def _on_client_eof(self) -> None:
-        self._begin_shutdown("the client closed mcpshield's stdin")
+        self._shutdown.begin("the client closed mcpshield's stdin")
 
     # -- server -> client ---------------------------------------------------------------
 
@@ -260,7 +267,9 @@ class Relay:
             self._dispatch(msg, TO_CLIENT, None)
 
     def _server_failure(self, failure: DecodeFailure, line: bytes) -> None:
-        excerpt = self._excerpt(failure, line)
+        excerpt = self._stderr.excerpt(failure, line)
+        if self._trail is not None:
+            self._trail.refused_input("server", failure.reason, excerpt)
         if failure.code == jsonrpc.PARSE_ERROR:
             self._report(f"kept non-JSON server output off the client's stdout: {excerpt}")
             return
@@ -268,8 +277,8 @@ class Relay:
         if failure.id is None:
             return
         if failure.kind is RESPONSE:
-            entry = self._client_ledger.close(failure.id)
-            if entry is not None and not entry.cancelled:
+            entry = self._waiting_client(failure.id)
+            if entry is not None:
                 self._to_client.append(
                     jsonrpc.error_response(
                         entry.id, jsonrpc.INTERNAL_ERROR, f"mcpshield refused the server's answer: {failure.reason}"
@@ -283,42 +292,56 @@ class Relay:
             f"the server's message of {line.size} bytes is over mcpshield's limit of {jsonrpc.MAX_MESSAGE_BYTES} bytes"
         )
         self._report(f"refused a message from the server: {reason}")
-        msg_id = jsonrpc.salvage_id(line)
-        entry = self._client_ledger.close(msg_id) if msg_id is not None else None
-        if entry is not None and not entry.cancelled:
+        if self._trail is not None:
+            self._trail.refused_input("server", reason, "")
+        entry = self._waiting_client(jsonrpc.salvage_id(line))
+        if entry is not None:
             self._to_client.append(jsonrpc.error_response(entry.id, jsonrpc.INTERNAL_ERROR, reason))
 
-    def _on_stderr_data(self, chunk: bytes) -> None:
-        data = self._stderr_partial + chunk if self._stderr_partial else chunk
-        cut = data.rfind(_NL) + 1
-        if cut == 0 and len(data) < STDERR_HOLD_BYTES:
-            self._stderr_partial = data
-            return
-        if cut == 0:
-            cut = len(data)
-        self._write_err(data[:cut])
-        self._stderr_partial = data[cut:]
-
-    def _on_stderr_eof(self) -> None:
-        if self._stderr_partial:
-            self._write_err(self._stderr_partial + _NL)
-            self._stderr_partial = b""
+    def _waiting_client(self, msg_id: JsonId | None) -> Entry | None:
+        """The client's request a refused answer from the server was for, if the client still
+        waits for it (closed then); None if nobody is to be told."""
+        entry = self._client_ledger.answer(msg_id) if msg_id is not None else None
+        if entry is None or entry.cancelled:
+            return None
+        if entry.held:
+            self._report_guess(entry.id)
+            return None
+        if entry.own:  # mcpshield's own tools/list: judge the held calls without it
+            if self._fetch.owns(entry.id):
+                self._judge_held(self._fetch.release())
+            return None
+        return entry
 
     # -- both ways ----------------------------------------------------------------------
 
     def _response(self, msg: Message, ledger: Ledger, direction: Direction) -> None:
         """Passes an answer on only if the other side is waiting for exactly that id."""
-        entry = ledger.close(msg.id) if msg.id is not None else None
+        entry = ledger.answer(msg.id) if msg.id is not None else None
         if entry is None:
             sender = "server" if direction is TO_CLIENT else "client"
             self._report(f"dropped a response from the {sender} to id {msg.id!r}, which no request is waiting for")
+            return
+        if entry.held:
+            self._report_guess(entry.id)
             return
         if entry.cancelled:
             return  # the requester withdrew it: a late answer must not reach it
         if entry.own:
             self._own_answer(msg, entry)
             return
-        self._dispatch(msg, direction, entry)
+        try:
+            redactions = self._dispatch(msg, direction, entry)
+        except Exception as exc:  # as in _feed, but the requester is on the far side: answer it
+            self._report(f"internal error ({type(exc).__name__}: {exc}); an answer was not forwarded")
+            out = self._to_client if direction is TO_CLIENT else self._to_server
+            out.append(jsonrpc.error_response(entry.id, jsonrpc.INTERNAL_ERROR, "mcpshield failed to check the answer"))
+            redactions = 0
+        if entry.audit is not None:
+            self._audit_answer(msg, entry, redactions)
+
+    def _report_guess(self, msg_id: JsonId) -> None:
+        self._report(f"dropped a response from the server to id {msg_id!r}: mcpshield holds that call, unsent")
 
     # -- tool calls held for the server's tool list (see mcpshield.catalog) -------------
 
@@ -326,12 +349,20 @@ class Relay:
         self._to_server.append(data)
 
     def _hold(self, msg: Message, entry: Entry) -> bool:
+        """Holds a call for the tool list, or refuses it if too much is held; False if neither."""
         fetch = self._fetch
-        already = fetch.pending
-        if not fetch.can_hold() or not fetch.hold(msg, entry, self._now):
+        full = fetch.no_room(msg)
+        if full is not None:
+            reason = f"mcpshield refused this call: {full} for the server's tool list; retry in a moment"
+            self._report(reason)
+            self._client_ledger.close(entry.id)
+            self._to_client.append(jsonrpc.error_response(entry.id, jsonrpc.SERVER_ERROR, reason))
+            return True
+        generation = fetch.generation
+        if not fetch.hold(msg, entry, self._now):
             return False
-        if already is None:
-            self._loop.call_later(FETCH_TIMEOUT_S, self._fetch_timed_out, fetch.pending)
+        if fetch.generation != generation:  # one deadline for the whole fetch, every page
+            self._loop.call_later(FETCH_TIMEOUT_S, self._fetch_timed_out, fetch.generation)
         return True
 
     def _own_answer(self, msg: Message, entry: Entry) -> None:
@@ -342,20 +373,22 @@ class Relay:
             self._report("the server refused mcpshield's own tools/list; held tool calls are judged without it")
         if self._fetch.owns(msg.id):
             self._judge_held(self._fetch.answered(msg, self._now))
-            if self._fetch.pending is not None:
-                self._loop.call_later(FETCH_TIMEOUT_S, self._fetch_timed_out, self._fetch.pending)
 
-    def _fetch_timed_out(self, own_id: object) -> None:
-        if self._fetch.owns(own_id):  # type: ignore[arg-type]
+    def _fetch_timed_out(self, generation: int) -> None:
+        if self._fetch.fetching(generation):
             self._report(f"the server did not list its tools within {FETCH_TIMEOUT_S:g} s; judging held calls")
             self._now = time.monotonic()
             self._judge_held(self._fetch.release())
             self._flush()
 
     def _judge_held(self, held: list[tuple[Message, Entry]]) -> None:
+        ledger = self._client_ledger
         for msg, entry in held:
+            ledger.release(entry)  # counted as running from here, one by one, for max_concurrent
             if entry.cancelled:
-                self._client_ledger.close(msg.id)  # type: ignore[arg-type]  # withdrawn: never sent
+                ledger.discard(entry)  # withdrawn: never sent (its id may have been reused since)
+                if self._trail is not None:
+                    self._trail.withdrawn(msg, entry.started, self._now)
                 continue
             try:
                 self._dispatch(msg, TO_SERVER, entry)
@@ -365,45 +398,86 @@ class Relay:
     def _note_cancel(self, msg: Message, ledger: Ledger) -> None:
         request_id = msg.params.get("requestId")
         if isinstance(request_id, str | int) and not isinstance(request_id, bool):
-            ledger.cancel(request_id)
+            entry = ledger.cancel(request_id, self._now)
+            if entry is not None and entry.audit is not None and self._trail is not None:
+                self._trail.ended(entry.audit, "cancelled", self._now)
+                entry.audit = None
 
-    def _dispatch(self, msg: Message, direction: Direction, entry: Entry | None) -> None:
+    def _dispatch(self, msg: Message, direction: Direction, entry: Entry | None) -> int:
+        """Applies the message's Decision; returns the secrets redacted from it (only counted
+        here for answers being audited: everything else is redacted as it is flushed)."""
         decision = self._decide(msg, direction, entry)
         out = self._to_server if direction is TO_SERVER else self._to_client
         if type(decision) is Allow:
-            out.append(msg.raw)
-            out.append(_NL)
+            data = msg.raw
         elif isinstance(decision, Rewrite):
-            out.append(orjson.dumps(decision.body))
-            out.append(_NL)
+            data = orjson.dumps(decision.body)
         elif isinstance(decision, Deny):
             self._refuse(msg, direction, decision.reason, decision.code)
+            return 0
         else:
             assert isinstance(decision, Ask)
             # Until an approval channel exists, nobody can answer: refuse, as a timeout would.
-            what = "call" if msg.method == "tools/call" else "request"
-            reason = (
-                f"mcpshield refused this {what}: the profile says a person must approve it ({decision.prompt}), "
-                "and no approver is available"
-            )
-            self._refuse(msg, direction, reason, None)
+            self._refuse(msg, direction, answers.no_approver(msg, decision.prompt), None)
+            return 0
+        count = 0
+        if self._redactor is not None and direction is TO_CLIENT and entry is not None and entry.audit is not None:
+            data, count = self._redactor.redact(data, json_context=True)
+            self._client_redactions += count
+        out.append(data)
+        out.append(_NL)
+        return count
 
     def _decide(self, msg: Message, direction: Direction, entry: Entry | None) -> Decision:
         """The single point every decision passes through (the audit log hooks in here)."""
         ctx = Context(self._now, direction, entry, self._client_ledger.active_tool_calls)
         try:
-            return self._policy.check(msg, ctx)
+            decision = self._policy.check(msg, ctx)
         except Exception as exc:  # a failing check must refuse, never wave the message through
             self._report(f"a policy check failed ({type(exc).__name__}); refusing the message")
-            return Deny("mcpshield could not check this message", jsonrpc.INTERNAL_ERROR)
+            decision = Deny("mcpshield could not check this message", jsonrpc.INTERNAL_ERROR)
+        if self._trail is not None and entry is not None and not entry.own:
+            return self._audited(msg, direction, entry, decision)
+        return decision
+
+    # -- the audit log (see mcpshield.audit.trail) --------------------------------------
+
+    def _audited(self, msg: Message, direction: Direction, entry: Entry, decision: Decision) -> Decision:
+        """Starts a request's audit event, or notes what was decided about its answer. While the
+        log cannot be written and the profile says stop, every request but ping is refused."""
+        trail = self._trail
+        assert trail is not None
+        if msg.kind is REQUEST:
+            stopped = trail.stops_calls
+            if stopped is not None and msg.method != "ping":
+                decision = Deny(answers.log_failed(stopped), None, "audit.on_log_failure")
+                self._report(f"refused a request: the audit log cannot be written ({stopped})")
+            elif msg.method == "initialize":
+                self._initialize = msg.params
+            name = _DECISIONS[type(decision)]
+            entry.audit = trail.decided(msg, direction is TO_SERVER, name, decision.rule, self._now)
+        elif type(decision) is not Allow and entry.audit is not None:
+            trail.response_decided(entry.audit, _DECISIONS[type(decision)], decision.rule)
+        return decision
+
+    def _audit_answer(self, msg: Message, entry: Entry, redactions: int) -> None:
+        trail = self._trail
+        assert trail is not None and entry.audit is not None
+        trail.answered(entry.audit, msg, self._now, redactions)
+        entry.audit = None
+        if entry.method == "initialize" and type(msg.body.get("result")) is dict:
+            trail.initialized(self._initialize, msg.body["result"])
 
     def _refuse(self, msg: Message, direction: Direction, reason: str, code: int | None) -> None:
         """Answers whoever waits on a refused message; the other side never sees it."""
         back = self._to_client if direction is TO_SERVER else self._to_server
         if msg.kind is REQUEST:
             ledger = self._client_ledger if direction is TO_SERVER else self._server_ledger
-            ledger.close(msg.id)  # type: ignore[arg-type]
-            back.append(_refusal(msg, reason, code))
+            entry = ledger.close(msg.id)  # type: ignore[arg-type]
+            back.append(answers.refusal(msg, reason, code))
+            if entry is not None and entry.audit is not None and self._trail is not None:
+                self._trail.refused(entry.audit, reason, self._now)
+                entry.audit = None
         elif msg.kind is RESPONSE:
             # The requester is on the far side: it gets an error instead of the refused answer.
             forward = self._to_server if direction is TO_SERVER else self._to_client
@@ -415,16 +489,32 @@ class Relay:
         back.append(jsonrpc.error_response(msg.id, jsonrpc.INVALID_REQUEST, reason))
 
     def _internal_error(self, exc: Exception, line: bytes | Oversized, direction: Direction) -> None:
-        """Refuses a message whose handling failed; its sender gets an error if it waits."""
+        """Refuses a message whose handling failed; whoever waits on it gets an error: the
+        sender of a request, the requester (on the far side) of a response."""
         self._report(f"internal error ({type(exc).__name__}: {exc}); the message was not forwarded")
         decoded = jsonrpc.decode(line) if type(line) is bytes else None
-        if type(decoded) is Message and decoded.kind is REQUEST:
+        if type(decoded) is not Message or decoded.id is None:
+            return
+        text = "mcpshield failed to check this message"
+        if decoded.kind is REQUEST:
             ledger = self._client_ledger if direction is TO_SERVER else self._server_ledger
-            ledger.close(decoded.id)  # type: ignore[arg-type]
+            self._audit_end(ledger.close(decoded.id), "refused")
             back = self._to_client if direction is TO_SERVER else self._to_server
-            back.append(
-                jsonrpc.error_response(decoded.id, jsonrpc.INTERNAL_ERROR, "mcpshield failed to check this message")
-            )
+            back.append(jsonrpc.error_response(decoded.id, jsonrpc.INTERNAL_ERROR, text))
+        elif decoded.kind is RESPONSE:
+            # Failed before _response took it from the ledger (after that, _response answers).
+            ledger = self._client_ledger if direction is TO_CLIENT else self._server_ledger
+            entry = ledger.answer(decoded.id)
+            self._audit_end(entry, "error")
+            if entry is not None and not (entry.held or entry.cancelled or entry.own):
+                forward = self._to_client if direction is TO_CLIENT else self._to_server
+                forward.append(jsonrpc.error_response(entry.id, jsonrpc.INTERNAL_ERROR, text))
+
+    def _audit_end(self, entry: Entry | None, outcome: str) -> None:
+        """Records a request that ended without its answer passing (an internal error)."""
+        if entry is not None and entry.audit is not None and self._trail is not None:
+            self._trail.ended(entry.audit, outcome, self._now)
+            entry.audit = None
 
     def _flush(self) -> None:
         if self._to_server:
@@ -440,29 +530,10 @@ class Relay:
                 # Every byte for the client passes here (forwarded, rewritten, refusals, errors),
                 # once per chunk rather than per message. Only whole JSON lines are in the batch.
                 data, count = redactor.redact(data, json_context=True)
-                self.redactions += count
+                self._client_redactions += count
             self._out_client.write(data)
-
-    def _report(self, text: str) -> None:
-        self._write_err(b"mcpshield: " + text.encode("utf-8", "replace") + _NL)
-
-    def _write_err(self, data: bytes) -> None:
-        """Everything for stderr, the server's lines and mcpshield's own, with secrets hidden."""
-        redactor = self._redactor
-        if redactor is not None:
-            data, count = redactor.redact(data, json_context=False)
-            self.redactions += count
-        self._err.write(data)
-
-    def _excerpt(self, failure: DecodeFailure, line: bytes) -> str:
-        """The start of an offending line, for a report. With secrets to hide it is cut from the
-        redacted line: cutting first could leave half a secret, which no form matches."""
-        redactor = self._redactor
-        if redactor is None:
-            return _show(failure.excerpt)
-        redacted, count = redactor.redact(line, json_context=False)
-        self.redactions += count
-        return _show(redacted[: jsonrpc.REPORT_EXCERPT_BYTES])
+        if self._trail is not None:
+            self._trail.hand_over()
 
     # -- back-pressure and endings ------------------------------------------------------
 
@@ -479,64 +550,24 @@ class Relay:
         """The server closed its stdin; its exit is what ends the relay."""
 
     def _client_gone(self) -> None:
-        self._begin_shutdown("the client stopped reading mcpshield's stdout")
-
-    def _on_signal(self) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            self._begin_shutdown("mcpshield was asked to stop")
-        else:
-            self._child.signal_group(signal.SIGKILL)
-
-    def _begin_shutdown(self, why: str) -> None:
-        if self._shutting_down:
-            return
-        self._shutting_down = True
-        self._in_client.stop()
-        self._out_server.close()
-        self._tg.start_soon(self._escalate)
-
-    async def _escalate(self) -> None:
-        """Close stdin, wait, SIGTERM the group, wait, SIGKILL: each step bounded."""
-        with anyio.move_on_after(STDIN_CLOSE_GRACE_S):
-            await self._child_gone.wait()
-            return
-        self._child.signal_group(signal.SIGTERM)
-        with anyio.move_on_after(TERM_GRACE_S):
-            await self._child_gone.wait()
-            return
-        self._child.signal_group(signal.SIGKILL)
+        self._shutdown.begin("the client stopped reading mcpshield's stdout")
 
     def _fail_in_flight(self, returncode: int) -> None:
         """Answers every request the server can no longer answer, naming why."""
         reason = f"the MCP server {describe_exit(returncode)} before answering"
+        self._now = time.monotonic()
+        trail = self._trail
         for entry in self._client_ledger.drain():
             if not entry.cancelled and not entry.own:
                 self._to_client.append(jsonrpc.error_response(entry.id, jsonrpc.SERVER_ERROR, reason))
-        if self._to_client and not self._shutting_down:
+            if entry.audit is not None and trail is not None:
+                trail.ended(entry.audit, "unanswered" if self._shutdown.started else "server_exited", self._now)
+        for entry in self._server_ledger.drain():  # the server's requests the client never answered
+            if entry.audit is not None and trail is not None:
+                trail.ended(entry.audit, "unanswered", self._now)
+        if self._to_client and not self._shutdown.started:
             self._report(reason)
         self._flush()
-
-
-def _refusal(msg: Message, reason: str, code: int | None) -> bytes:
-    """A refused tool call is a tool result the model can read; anything else an error."""
-    if code is None and msg.method == "tools/call":
-        result: dict[str, object] = {"content": [{"type": "text", "text": reason}], "isError": True}
-        if _STATELESS_META in _meta(msg):
-            # The 2026-07-28 era: a client rejects a result that does not say it is complete.
-            result["resultType"] = "complete"
-        return orjson.dumps({"jsonrpc": "2.0", "id": msg.id, "result": result}) + _NL
-    return jsonrpc.error_response(msg.id, code or jsonrpc.INVALID_REQUEST, reason)
-
-
-def _show(excerpt: bytes) -> str:
-    """An excerpt of an offending line, safe to print: control characters escaped."""
-    return repr(excerpt.decode("utf-8", "replace"))[1:-1]
-
-
-def _meta(msg: Message) -> dict[str, object]:
-    meta = msg.params.get("_meta")
-    return meta if isinstance(meta, dict) else {}
 
 
 def _is_stream(fd: int) -> bool:

@@ -1,18 +1,34 @@
-"""Puts a run together: the server's process, the policy, the relay and the event loop."""
+"""Puts a run together: the audit log, the server's process, the policy, the relay and the event loop."""
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from mcpshield import __version__
+from mcpshield.errors import AuditError, ShieldError
 from mcpshield.policy import PassThrough, Policy
 from mcpshield.relay import Relay
 from mcpshield.supervisor import Child, LaunchSpec
 
 if TYPE_CHECKING:
+    from mcpshield.audit.trail import AuditTrail, Recording
+    from mcpshield.audit.writer import AuditLog
     from mcpshield.policy.redact import Redactor
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """Whether and how the session is audited (None in RunConfig: not at all)."""
+
+    recording: Recording
+    #: The profile in force, as session_start shows it (None: `--profile none`).
+    profile: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,17 +39,82 @@ class RunConfig:
     policy: Policy = field(default_factory=PassThrough)
     #: Hides the values the profile's [env] injected; None when it injected none.
     redactor: Redactor | None = None
+    audit: AuditConfig | None = None
 
 
 def run_server(config: RunConfig) -> int:
-    """Starts the server and relays until it has exited; returns the status to exit with."""
-    child = Child(config.launch)
-    relay = Relay(child, config.policy, redactor=config.redactor)
+    """Opens the audit log, starts the server and relays until it has exited; returns the
+    status to exit with."""
+    started = time.monotonic()
+    log = _open_log(config) if config.audit is not None else None
+    trail = _trail(log, config.audit) if log is not None and config.audit is not None else None
+    status: int | None = None
+    why = "mcpshield failed"
     try:
-        return anyio.run(relay.run, backend="asyncio", backend_options=_loop_options())
+        child = Child(config.launch)
+        relay = Relay(child, config.policy, redactor=config.redactor, trail=trail)
+        try:
+            status = anyio.run(relay.run, backend="asyncio", backend_options=_loop_options())
+            why = relay.why_ended
+        finally:
+            # Idempotent: the relay already did this unless it failed before finishing.
+            child.close()
+    except ShieldError as err:
+        why = str(err)
+        raise
     finally:
-        # Idempotent: the relay already did this unless it failed before finishing.
-        child.close()
+        if log is not None:
+            _close_log(log, trail, status, why, time.monotonic() - started)
+    assert status is not None
+    return status
+
+
+def _open_log(config: RunConfig) -> AuditLog | None:
+    """The session's log, its first line written; None if it cannot be and the profile says
+    to go on without one (else the AuditError stops the launch)."""
+    from mcpshield.audit.location import log_root
+    from mcpshield.audit.writer import AuditLog
+
+    assert config.audit is not None
+    recording = config.audit.recording
+    try:
+        log = AuditLog(log_root(), config.redactor, recording.max_bytes)
+        log.start(
+            {
+                "mcpshield": __version__,
+                "pid": os.getpid(),
+                "command": list(config.launch.argv),
+                "profile": config.audit.profile,
+                "sandbox": "none",
+                "record": {"arguments": recording.arguments, "results": recording.results},
+            }
+        )
+    except AuditError as err:
+        if recording.on_failure == "stop":
+            raise
+        sys.stderr.write(f"mcpshield: running without an audit log, as the profile allows: {err}\n")
+        return None
+    return log
+
+
+def _trail(log: AuditLog, audit: AuditConfig) -> AuditTrail:
+    from mcpshield.audit.trail import AuditTrail
+
+    return AuditTrail(log, audit.recording)
+
+
+def _close_log(log: AuditLog, trail: AuditTrail | None, status: int | None, why: str, duration: float) -> None:
+    log.close(
+        {
+            "exit_status": status,
+            "why": why,
+            "requests": dict(trail.counts) if trail is not None else {},
+            "redactions": trail.redactions if trail is not None else 0,
+            "duration_s": round(duration, 3),
+        }
+    )
+    if log.failed is not None:
+        sys.stderr.write(f"mcpshield: the audit log {log.path} could not be written completely: {log.failed}\n")
 
 
 def _loop_options() -> dict[str, object]:

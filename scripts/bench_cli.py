@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 
 from bench_client import RSS_SAMPLE_INTERVAL_S, UNKNOWN_TOOL
 from bench_measure import IN_FLIGHT, LARGE_TEXT_BYTES, QUICK, Counts, measure, target_commands
@@ -33,7 +35,10 @@ HELP = f"""\
 targets:
   direct     python scripts/bench_echo_server.py            (the reference; always measured)
   naive      python scripts/naive_relay.py -- <direct>      (readline, json, drain per message)
-  mcpshield  python -m mcpshield run --profile none -- <direct>          (pass-through: no profile)
+  mcpshield  python -m mcpshield run --profile none -- <direct>          (pass-through: no profile;
+             every request recorded in the audit log, written under a temporary MCPSHIELD_LOG_DIR)
+  no-audit   python -m mcpshield run --profile none --no-audit -- <direct>
+             (pass-through without the audit log: compare with mcpshield to see what logging costs)
   profile    python -m mcpshield run --profile scripts/bench_profile.toml -- <direct>
              (every tool denied but echo, which a [[rules]] entry allows on a condition on its
              argument; arguments checked against the tool's inputSchema; limits out of reach)
@@ -107,7 +112,10 @@ def main(argv: list[str]) -> int:
     counts = QUICK if args.quick else Counts()
     if not args.json:
         print(f"measuring {', '.join(args.targets)} in interleaved rounds ...", file=sys.stderr, flush=True)
-    results = measure(args.targets, counts)
+    # The audited targets write one log file per session: never into the user's own log.
+    with tempfile.TemporaryDirectory(prefix="mcpshield-bench-logs-") as logs:
+        os.environ["MCPSHIELD_LOG_DIR"] = logs
+        results = measure(args.targets, counts)
     if args.json:
         print(json.dumps(json_report(results, counts), indent=2, ensure_ascii=False))
     else:

@@ -86,6 +86,7 @@ def target_commands() -> dict[str, list[str]]:
         "direct": server,
         "naive": [python, str(NAIVE_RELAY), "--", *server],
         "mcpshield": [*shield, "none", "--", *server],
+        "no-audit": [*shield, "none", "--no-audit", "--", *server],
         "profile": [*shield, str(BENCH_PROFILE.relative_to(REPO)), "--", *server],
         "secret": [*shield, str(SECRET_PROFILE.relative_to(REPO)), "--", *server],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,6 +23,17 @@ FAKE_SERVER: Final = str(ROOT / "tests" / "fake_server.py")
 ANSWER_TIMEOUT_S: Final = 10.0
 #: Bound on a process tree disappearing after its end was asked for.
 EXIT_TIMEOUT_S: Final = 10.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Every `mcpshield run` a test starts writes its audit log under the test run's own folder,
+    never the user's; tests of the log itself point MCPSHIELD_LOG_DIR at their tmp_path."""
+    if "MCPSHIELD_LOG_DIR" not in os.environ:
+        import tempfile
+
+        os.environ["MCPSHIELD_LOG_DIR"] = _TEST_LOGS = tempfile.mkdtemp(prefix="mcpshield-test-logs-")
+        config.add_cleanup(lambda: shutil.rmtree(_TEST_LOGS, ignore_errors=True))
+
 
 INIT_PARAMS: Final = {
     "protocolVersion": "2025-11-25",

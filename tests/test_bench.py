@@ -11,7 +11,7 @@ from conftest import ROOT
 
 #: Bound on the whole quick run; it takes a few seconds on an idle machine.
 QUICK_RUN_TIMEOUT_S = 120
-TARGETS = {"direct", "naive", "mcpshield", "profile", "secret"}
+TARGETS = {"direct", "naive", "mcpshield", "no-audit", "profile", "secret"}
 # Targets whose profile refuses calls (the secret profile extends the bench profile).
 REFUSING = {"profile", "secret"}
 REFUSED_KINDS = {"unknown_tool", "rule"}

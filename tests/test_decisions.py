@@ -45,7 +45,7 @@ def _relay(policy: Any) -> tuple[Relay, Collect, Collect, Collect]:
     to_server, to_client, stderr = Collect(), Collect(), Collect()
     relay._out_server = to_server  # type: ignore[assignment]
     relay._out_client = to_client  # type: ignore[assignment]
-    relay._err = stderr  # type: ignore[assignment]
+    relay._stderr.out = stderr
     return relay, to_server, to_client, stderr
 
 
@@ -123,7 +123,7 @@ def test_a_bug_while_handling_a_request_refuses_it_and_frees_its_id() -> None:
     def explode(msg: Message, direction: Any, entry: Any) -> None:
         raise RuntimeError("bug")
 
-    relay._dispatch = explode  # type: ignore[method-assign]
+    relay._dispatch = explode  # type: ignore[method-assign,assignment]
     relay._on_client_data(CALL)
     assert to_server.data == b""
     assert to_client.messages()[0]["error"]["code"] == -32603

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
+
+from mcpshield.demo.client import DEMO_PROFILE
+from mcpshield.policy.args import compile_conditions
+from mcpshield.profile.model import Profile
 
 
 def test_the_demo_shows_passes_refusals_and_a_clean_exit() -> None:
@@ -26,3 +31,11 @@ def test_the_demo_shows_passes_refusals_and_a_clean_exit() -> None:
     assert "a request with a duplicate key     refused: -32600" in out
     assert "mcpshield exited with the server's status 0" in out
     assert "mcpshield: kept non-JSON server output off the client's stdout: DEBUG: noisy tool called" in out
+
+
+def test_the_demo_profile_refuses_a_password_on_any_line_of_the_text() -> None:
+    (rule,) = Profile.model_validate(tomllib.loads(DEMO_PROFILE)).rules
+    deny = compile_conditions(rule.args, rule.action)
+    assert deny.check({"text": "my password is hunter2"}) is None
+    assert deny.check({"text": "hello\nmy Password is hunter2"}) is None
+    assert deny.check({"text": "hello\nworld"}) is not None

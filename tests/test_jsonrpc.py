@@ -204,6 +204,29 @@ def test_any_repeated_key_is_detected(params: dict[str, Any], data: st.DataObjec
     assert "repeat" in _refused(line).reason
 
 
+@pytest.mark.parametrize(
+    ("line", "msg_id", "kind"),
+    [
+        (rb'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"\ud800"}}', 7, Kind.REQUEST),
+        (rb'{"jsonrpc":"2.0","id":7,"result":{"text":"a\udc00b"}}', 7, Kind.RESPONSE),
+        (rb'{"jsonrpc":"2.0","method":"note","params":{"\udfff":1}}', None, Kind.NOTIFICATION),
+        (rb'{"jsonrpc":"2.0","id":"\ud83d","method":"ping"}', None, Kind.REQUEST),  # no id to answer with
+    ],
+)
+def test_a_lone_surrogate_escape_is_refused(line: bytes, msg_id: object, kind: Kind) -> None:
+    failure = _refused(line)
+    assert failure.code == jsonrpc.INVALID_REQUEST
+    assert "lone UTF-16 surrogate" in failure.reason
+    assert (failure.id, failure.kind) == (msg_id, kind)
+    json.loads(jsonrpc.error_response(failure.id, failure.code, failure.reason))  # an answer can be written
+
+
+def test_a_surrogate_pair_still_decodes() -> None:
+    assert _decoded(rb'{"jsonrpc":"2.0","id":1,"method":"x","params":{"s":"\ud83d\ude00"}}').params == {
+        "s": "\U0001f600"
+    }
+
+
 def test_error_answers_are_one_line_json_rpc() -> None:
     raw = jsonrpc.error_response("a", jsonrpc.INVALID_PARAMS, "Unknown tool: x")
     assert raw.endswith(b"\n")
@@ -230,6 +253,6 @@ def test_the_ledger_keeps_string_and_number_ids_apart() -> None:
     assert entry.args_hash == jsonrpc.arguments_hash({"x": 1})
     assert ledger.close(1) is None
     assert "1" in ledger
-    ledger.cancel("1")
+    ledger.cancel("1", 0.0)
     (left,) = ledger.drain()
     assert left.cancelled

@@ -12,8 +12,10 @@ from urllib.parse import urlsplit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from mcpshield.policy.args import (
+    MAX_CHECKED_ELEMENTS,
     MAX_MESSAGE_CHARS,
     MAX_REGEX_SUBJECT_CHARS,
     CompiledArgs,
@@ -187,6 +189,49 @@ def test_the_os_reading_comes_from_the_injected_resolver(tree: Tree) -> None:
     assert not _matches(rule, "~/public/../secret")
 
 
+def test_a_file_uri_argument_is_judged_as_the_path_it_names(tree: Tree) -> None:
+    allow = _rule(tree, "allow", within=("~/public",))
+    deny = _rule(tree, "deny", within=("~/secret",))
+    for uri in (f"file://{tree.public}/a.txt", f"file://localhost{tree.public}/a.txt", f"file:{tree.public}/a.txt"):
+        assert _matches(allow, uri) and not _matches(deny, uri), uri
+    for uri in (
+        f"file://{tree.secret}/s.txt",
+        f"file://{tree.home}/%73ecret/s.txt",
+        f"file://{tree.public}/..%2Fsecret",
+    ):
+        assert not _matches(allow, uri) and _matches(deny, uri), uri
+    mismatch = allow.check({"path": f"file://{tree.secret}/s.txt"})
+    assert str(mismatch).endswith(f"which is {tree.secret}/s.txt)")
+
+
+FILE_URIS_READ_TWO_WAYS = [
+    "file://{public}/x?/../../secret/s.txt",
+    "file://{public}/x#/../../secret/s.txt",
+    "file://{public}/a.txt?",
+    "file://{public}/a.txt#",
+]
+FILE_URIS_UNPARSEABLE = [
+    "file://evil.example{public}/a.txt",
+    "file://localhost:80{public}/a.txt",
+    "file://user@localhost{public}/a.txt",
+    "file://[::1{public}/a.txt",
+    "file://{public}/%ff",
+    "file://{public}/%00",
+    "file:a.txt",
+]
+
+
+@pytest.mark.parametrize("template", FILE_URIS_READ_TWO_WAYS + FILE_URIS_UNPARSEABLE)
+def test_a_file_uri_with_another_host_a_query_or_a_fragment_or_that_cannot_be_decoded_fails_closed(
+    tree: Tree, template: str
+) -> None:
+    uri = template.format(public=tree.public)
+    mismatch = _rule(tree, "allow", within=("~/public",)).check({"path": uri})
+    assert mismatch is not None
+    assert "local file:// URI" in str(mismatch)
+    assert _matches(_rule(tree, "deny", within=("~/secret",)), uri)
+
+
 @pytest.mark.parametrize("roots", [("~bob/public",), ("",), ("/tmp/\x00",)])
 def test_a_directory_that_cannot_be_checked_against_is_refused_at_load(roots: tuple[str, ...]) -> None:
     with pytest.raises(ValueError, match="argument 'path'"):
@@ -274,6 +319,54 @@ def test_a_deny_rule_with_matches_treats_a_value_it_cannot_match_as_matching() -
     assert deny.check({"cmd": ["ls", "rm -rf /"]}) is None
     assert deny.check({"cmd": "x" * (MAX_REGEX_SUBJECT_CHARS + 1)}) is None
     assert deny.check({"cmd": ["ls", "cat"]}) is not None
+
+
+MULTILINE_COMMAND = "safe\nrm -rf /"
+
+
+def test_a_deny_pattern_sees_across_newlines() -> None:
+    deny = compile_conditions({"cmd": ArgCondition(matches=(".*rm -rf.*",))}, "deny")
+    assert deny.check({"cmd": MULTILINE_COMMAND}) is None
+    assert deny.check({"cmd": "safe\nls"}) is not None
+
+
+def test_not_matches_sees_across_newlines() -> None:
+    allow = compile_conditions({"cmd": ArgCondition(not_matches=(".*rm .*",))}, "allow")
+    assert allow.check({"cmd": MULTILINE_COMMAND}) is not None
+    assert allow.check({"cmd": "safe\nls"}) is None
+
+
+def test_an_allow_pattern_holds_for_a_multiline_value_only_if_it_holds_with_and_without_dot_spanning_newlines() -> None:
+    allow = compile_conditions({"cmd": ArgCondition(matches=("safe.*",))}, "allow")
+    mismatch = allow.check({"cmd": MULTILINE_COMMAND})
+    assert mismatch is not None and "newline" in str(mismatch)
+    assert allow.check({"cmd": "safe and sound"}) is None
+    opted_in = compile_conditions({"cmd": ArgCondition(matches=("(?s)note: .*",))}, "allow")
+    assert opted_in.check({"cmd": "note: one\ntwo"}) is None
+
+
+# -- lists -----------------------------------------------------------------------------------
+
+
+def test_a_list_longer_than_the_checked_elements_is_refused_never_partly_checked(tree: Tree) -> None:
+    allow = _rule(tree, "allow", within=("~/public",))
+    assert _matches(allow, ["~/public/a.txt"] * MAX_CHECKED_ELEMENTS)
+    too_long = ["~/public/a.txt"] * MAX_CHECKED_ELEMENTS + ["/etc/passwd"]
+    mismatch = allow.check({"path": too_long})
+    assert mismatch is not None
+    assert f"{MAX_CHECKED_ELEMENTS + 1} elements" in str(mismatch)
+    assert f"at most {MAX_CHECKED_ELEMENTS}" in str(mismatch)
+
+
+def test_a_deny_rule_applies_to_a_list_longer_than_the_checked_elements() -> None:
+    deny = compile_conditions({"mode": ArgCondition(one_of=("delete",))}, "deny")
+    assert deny.check({"mode": ["read"] * MAX_CHECKED_ELEMENTS}) is not None
+    assert deny.check({"mode": ["read"] * (MAX_CHECKED_ELEMENTS + 1)}) is None
+
+
+def test_max_length_still_judges_a_long_list_whole() -> None:
+    allow = compile_conditions({"ids": ArgCondition(max_length=10_000)}, "allow")
+    assert allow.check({"ids": [1] * (MAX_CHECKED_ELEMENTS + 1)}) is None
 
 
 @pytest.mark.parametrize(
@@ -413,8 +506,10 @@ BAD_GLOBS = ["a*.example.com", "*example.com", "exa mple.com", "", "*.", "[not-i
 
 @pytest.mark.parametrize("glob", BAD_GLOBS)
 def test_a_host_glob_other_than_star_dot_or_a_plain_host_is_refused_at_load(glob: str) -> None:
-    with pytest.raises(ValueError, match="argument 'url'"):
-        compile_conditions({"url": ArgCondition(hosts=(glob,))}, "allow")
+    with pytest.raises(ValidationError, match="hosts"):
+        ArgCondition(hosts=(glob,))
+    with pytest.raises(ValueError, match="argument 'url'"):  # and again if it got past the model
+        compile_conditions({"url": ArgCondition.model_construct(hosts=(glob,))}, "allow")
 
 
 @given(rest=st.text(max_size=30))
@@ -478,3 +573,10 @@ def test_a_rule_matches_only_when_every_condition_of_every_argument_holds(tree: 
     mismatch = rule.check({"path": "~/public/a.txt", "mode": "write"})
     assert mismatch is not None and (mismatch.argument, mismatch.condition) == ("mode", "one_of")
     assert os.path.isdir(tree.public)
+
+
+def test_a_path_too_long_to_read_is_refused_saying_why() -> None:
+    compiled = compile_conditions({"path": ArgCondition(within=("/tmp",))}, "allow")
+    mismatch = compiled.check({"path": "/tmp/" + "a/" * 3000})
+    assert mismatch is not None
+    assert "longer than 4096 bytes" in mismatch.message

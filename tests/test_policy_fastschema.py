@@ -78,3 +78,14 @@ def test_the_usual_flat_schema_is_fast_and_agrees() -> None:
 )
 def test_anything_beyond_the_flat_subset_is_left_to_jsonschema(schema: dict[str, Any]) -> None:
     assert compile_fast(schema) is None
+
+
+def test_the_fast_check_never_descends_into_a_value() -> None:
+    """It judges top-level types only, so no nesting can make it recurse."""
+    value: Any = []
+    for _ in range(10_000):
+        value = [value]
+    check = compile_fast({"type": "object", "properties": {"a": {"type": "array"}, "b": {"enum": ["x"]}}})
+    assert check is not None
+    assert check({"a": value})
+    assert not check({"b": value})

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from jsonschema._utils import equal
 
+from mcpshield import jsonrpc
+from mcpshield.ledger import Ledger
+from mcpshield.policy import Context, Deny, Direction
 from mcpshield.policy.args import MAX_MESSAGE_CHARS
-from mcpshield.policy.schema import MAX_ARGUMENT_DEPTH, SchemaProblem, ToolSchema, compile_tool_schema
+from mcpshield.policy.engine import ProfilePolicy, single
+from mcpshield.policy.schema import (
+    MAX_ARGUMENT_DEPTH,
+    MAX_UNIQUE_ITEMS,
+    SchemaProblem,
+    ToolSchema,
+    compile_tool_schema,
+)
+from mcpshield.profile.model import Profile
 
 WRITE_FILE = {
     "type": "object",
@@ -249,3 +262,175 @@ def test_a_refusal_is_short_and_printable_whatever_the_value(value: str) -> None
 def test_the_network_guard_would_notice_a_fetch() -> None:
     with socket.socket() as sock, pytest.raises(NetworkUsed):
         sock.connect(("127.0.0.1", 9))
+
+
+# -- bounded work: whatever the arguments, judging them is quick and never raises ------------------
+
+UNIQUE_TAGS = {"type": "object", "properties": {"tags": {"type": "array", "uniqueItems": True}}}
+
+
+def _items(kind: str, count: int) -> list[Any]:
+    if kind == "objects":
+        return [{"id": i} for i in range(count)]
+    if kind == "mixed":
+        return [i if i % 2 else str(i) for i in range(count)]
+    return [[i, str(i)] for i in range(count)]
+
+
+KINDS = ["objects", "mixed", "arrays"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_array_of_20000_items_under_unique_items_is_refused_in_well_under_100_ms(kind: str) -> None:
+    schema, arguments = _compiled(UNIQUE_TAGS), {"tags": _items(kind, 20_000)}
+    started = time.perf_counter()
+    message = schema.validate(arguments, strict=True)
+    assert time.perf_counter() - started < 0.02
+    assert message is not None and f"more than {MAX_UNIQUE_ITEMS} items" in message and "unique" in message
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unique_items_up_to_the_bound_is_checked_in_linear_time(kind: str) -> None:
+    """jsonschema compares unsortable items pair by pair: 1,000 objects took about 2 s."""
+    schema, items = _compiled(UNIQUE_TAGS), _items(kind, MAX_UNIQUE_ITEMS - 1)
+    started = time.perf_counter()
+    assert schema.validate({"tags": items}, strict=True) is None
+    message = schema.validate({"tags": [*items, items[123]]}, strict=True)
+    assert time.perf_counter() - started < 0.1
+    assert message == f"argument tags: items 123 and {len(items)} are equal, and the schema asks for unique items"
+
+
+def test_long_arrays_are_validated_when_the_schema_asks_for_no_unique_items() -> None:
+    schema = _compiled({"properties": {"tags": {"type": "array", "items": {"type": "integer"}}}})
+    assert schema.validate({"tags": list(range(20_000))}, strict=True) is None
+
+
+def test_unique_items_inside_data_keywords_is_not_asked_for() -> None:
+    schema = _compiled({"properties": {"tags": {"type": "array", "default": {"uniqueItems": True}}}})
+    assert schema.validate({"tags": list(range(20_000))}, strict=True) is None
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(-2, 2), st.sampled_from([0.0, 1.0, -0.0, 1.5]), st.text(max_size=2)
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=2), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(JSON_VALUES, max_size=6))
+def test_unique_items_agrees_with_json_schema_equality(items: list[Any]) -> None:
+    """1 and 1.0 are equal, true and 1 are not, object members have no order: jsonschema's
+    pairwise `equal` is the definition."""
+    duplicated = any(equal(a, b) for i, a in enumerate(items) for b in items[i + 1 :])
+    message = _compiled(UNIQUE_TAGS).validate({"tags": items}, strict=True)
+    assert (message is not None) == duplicated, message
+
+
+def test_a_metaschema_unique_items_check_is_linear_too() -> None:
+    draft4 = {"$schema": "http://json-schema.org/draft-04/schema#", "enum": [{"id": i} for i in range(20_000)]}
+    started = time.perf_counter()
+    _compiled(draft4)
+    assert time.perf_counter() - started < 0.5
+    assert "unique" in _problem({**draft4, "enum": [{"id": 1}, {"id": 1}]}).reason
+
+
+def test_thousands_of_wrong_items_are_judged_quickly() -> None:
+    schema = _compiled({"properties": {"a": {"type": "array", "items": {"type": "string"}}}})
+    started = time.perf_counter()
+    message = schema.validate({"a": list(range(20_000))}, strict=True)
+    assert time.perf_counter() - started < 0.1
+    assert message is not None and "is not of type 'string'" in message
+
+
+@pytest.mark.parametrize(
+    ("schema", "reason"),
+    [
+        ({"$id": "http://[::1", "type": "object"}, "ValueError"),
+        ({"$id": "https://example.com/", "$defs": {"a": {"$id": "http://[::1"}}}, "ValueError"),
+        ({"properties": {"a": {"pattern": "(?<"}}}, "is invalid"),
+        ({"properties": {"a": {"pattern": "x{2,1}"}}}, "is invalid"),
+        ({"$schema": "https://example.com/unknown", "$ref": "#/$defs/a/b/c"}, "refers to"),
+    ],
+)
+def test_compiling_a_schema_never_raises_it_becomes_a_problem_for_that_tool(schema: object, reason: str) -> None:
+    assert reason in _problem(schema).reason
+
+
+def test_a_schema_that_refers_to_itself_in_a_cycle_compiles_and_refuses_calls() -> None:
+    cyclic = {"$ref": "#/$defs/a", "$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}}
+    message = _compiled(cyclic).validate({}, strict=True)
+    assert message is not None and "recurses too deeply" in message
+
+
+@pytest.mark.parametrize(
+    ("schema", "arguments"),
+    [
+        ({"properties": {"a": {"$ref": "#/properties/b/type"}, "b": {"type": "string"}}}, {"a": 1}),
+        ({"properties": {"a": {"multipleOf": 0.1}}}, {"a": 10**400}),
+    ],
+    ids=["ref-to-a-string", "multipleOf-overflow"],
+)
+def test_a_schema_that_fails_while_validating_refuses_the_call(schema: dict[str, Any], arguments: object) -> None:
+    message = _compiled(schema).validate(arguments, strict=False)
+    assert message is not None and message.startswith("the tool's input schema cannot be applied to these arguments")
+
+
+def test_ten_thousand_nested_lists_are_refused_not_raised() -> None:
+    value: Any = []
+    for _ in range(10_000):
+        value = [value]
+    for schema in ({"type": "object"}, {"type": "object", "properties": {"a": {"type": "array"}}}, UNIQUE_TAGS):
+        message = _compiled(schema).validate({"a": value, "tags": value}, strict=False)
+        assert message == f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
+
+
+JSON_SCHEMAS = st.recursive(
+    st.one_of(st.booleans(), st.none(), st.integers(), st.text(max_size=4), st.just("#"), st.just("(")),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    *("type", "properties", "items", "$ref", "$id", "$defs", "pattern", "enum", "uniqueItems"),
+                    *("anyOf", "multipleOf", "minimum", "required", "additionalProperties", "$schema", "const", "not"),
+                ]
+            ),
+            inner,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(schema=JSON_SCHEMAS, arguments=st.dictionaries(st.sampled_from(["a", "b"]), JSON_VALUES, max_size=2))
+def test_no_schema_and_no_arguments_make_the_check_raise(schema: object, arguments: dict[str, Any]) -> None:
+    compiled = compile_tool_schema(schema)
+    message = compiled.validate(arguments, strict=True)
+    assert message is None or (len(message) <= MAX_MESSAGE_CHARS and message.isprintable())
+
+
+def test_the_deepest_call_the_decoder_lets_through_is_refused_by_the_policy() -> None:
+    """The decoder refuses nesting near Python's recursion limit; anything shallower reaches the
+    schema check, which refuses what jsonschema could not descend into safely."""
+    policy = ProfilePolicy(single(Profile.model_validate({"tools": {"allow": ["t"]}})))
+    ask = jsonrpc.decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
+    schema = b'{"type":"object","properties":{"a":{"type":"array"}}}'
+    listed = jsonrpc.decode(b'{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"t","inputSchema":' + schema + b"}]}}")
+    assert isinstance(ask, jsonrpc.Message) and isinstance(listed, jsonrpc.Message)
+    policy.check(listed, Context(0.0, Direction.TO_CLIENT, Ledger().open(ask, 0.0)))
+    deepest = None
+    for depth in range(100, 2000, 50):
+        value = b"[" * depth + b"]" * depth
+        line = b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"t","arguments":{"a":' + value + b"}}}"
+        msg = jsonrpc.decode(line)
+        if not isinstance(msg, jsonrpc.Message):
+            break
+        deepest = msg
+    assert deepest is not None
+    decision = policy.check(deepest, Context(0.0, Direction.TO_SERVER, None))
+    assert isinstance(decision, Deny) and f"more than {MAX_ARGUMENT_DEPTH} levels deep" in decision.reason

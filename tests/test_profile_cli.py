@@ -10,15 +10,19 @@ import sys
 import sysconfig
 import tomllib
 from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import FAKE_SERVER
+from hypothesis import given
+from hypothesis import strategies as st
 
+from mcpshield.policy.tools import ToolJudge
 from mcpshield.profile.model import Profile
 from mcpshield.profile.probe import ServerReport, ToolInfo
-from mcpshield.profile.starter import is_read_looking, match_pattern, render
+from mcpshield.profile.starter import escape_glob, is_read_looking, match_pattern, render, toml_string
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Bound on one CLI run; `profile init` bounds its own conversation at 30 s.
@@ -255,11 +259,38 @@ def test_hostile_tool_names_and_descriptions_cannot_break_the_toml_or_the_termin
     text = render("hostile", ["server"], ServerReport("srv\x1b]0;title\x07", "1\n[tools]", tuple(hostile)))
     profile = Profile.model_validate(tomllib.loads(text))
     assert profile.tools.default == "deny"
-    assert profile.tools.ask == ('evil"]\n[tools]\ndefault = "allow', "echo")
+    assert profile.tools.ask == ('evil"]\n[[]tools]\ndefault = "allow', "echo")  # a glob matching only that name
     assert profile.tools.allow == ("get_\\x\x00\x7f",)
     assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
     comments = [line for line in text.splitlines() if line.lstrip().startswith("#")]
     assert all(len(line) < 140 for line in comments)
+
+
+def test_a_tool_name_with_glob_characters_is_written_as_a_glob_matching_only_that_tool() -> None:
+    names = ["read_[x]*", "get_?", "list_[!a]", "write_*", "read_x", "read_[x]zzz", "get_a", "list_b", "write_file"]
+    text = render("globby", ["server"], ServerReport("srv", "1", tuple(tool(name) for name in names)))
+    profile = Profile.model_validate(tomllib.loads(text))
+    judge = ToolJudge(profile)
+    for name in names:
+        assert judge.decide(name, {}).action == ("allow" if is_read_looking(tool(name)) else "ask"), name
+    written = profile.tools.allow + profile.tools.ask
+    for name in names:
+        assert [glob for glob in written if fnmatchcase(name, glob)] == [escape_glob(name)], name
+    assert "write_[*]" in profile.tools.ask
+    assert judge.decide("write_everything", {}).action == "deny"
+    assert judge.decide("read_xyz", {}).action == "deny"
+
+
+@given(name=st.text(min_size=1, max_size=20).filter(lambda n: not any(0xD800 <= ord(c) <= 0xDFFF for c in n)))
+def test_every_tool_name_is_written_as_a_toml_string_and_glob_that_mean_exactly_it(name: str) -> None:
+    assert tomllib.loads(f"x = {toml_string(name)}")["x"] == name
+    assert fnmatchcase(name, escape_glob(name))
+    assert not fnmatchcase(name + "x", escape_glob(name))
+
+
+def test_a_match_pattern_never_holds_glob_characters_it_did_not_mean() -> None:
+    assert match_pattern(["/opt/bin/my[server]", "--port", "1"]) == "/opt/bin/my[[]server]"
+    assert match_pattern(["uvx", "weird*name", "my-server"]) == "my-server"
 
 
 def real_servers() -> dict[str, list[str]]:

@@ -26,7 +26,7 @@ def _relay(policy: Any = None, secrets: dict[str, str] | None = None) -> tuple[R
     to_server, to_client, stderr = Collect(), Collect(), Collect()
     relay._out_server = to_server  # type: ignore[assignment]
     relay._out_client = to_client  # type: ignore[assignment]
-    relay._err = stderr  # type: ignore[assignment]
+    relay._stderr.out = stderr
     return relay, to_server, to_client, stderr
 
 

@@ -5,6 +5,7 @@ No I/O but what reading a path needs (`policy.paths`: symlinks and directory ent
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -12,13 +13,16 @@ from typing import Any, Final
 
 import orjson
 
-from mcpshield.policy.hosts import host_glob, url_host
-from mcpshield.policy.paths import PathReader, PathResolver, Roots
+from mcpshield.policy.hosts import cidr, embedded_ipv4, host_glob, url_host
+from mcpshield.policy.paths import PathReader, PathResolver, ReadBudget, Roots, Unreadable
 from mcpshield.profile.model import ArgCondition
 
 #: Longer values are unusable for regex conditions: a careless pattern on a long subject can
 #: backtrack for seconds, and no legitimate value checked by a pattern is this long.
 MAX_REGEX_SUBJECT_CHARS: Final = 64 * 1024
+#: Elements of a list argument checked under a condition; a longer list is refused whole, never
+#: partly checked (each element may mean a filesystem walk, and no real tool call needs more).
+MAX_CHECKED_ELEMENTS: Final = 256
 #: A refusal is read by a model: room for a path and a root, not for a pasted file.
 MAX_MESSAGE_CHARS: Final = 300
 #: One value quoted inside a message.
@@ -99,19 +103,21 @@ def _listing(items: Iterable[str]) -> str:
 
 
 class _Condition:
-    """One compiled condition: `readings` is None for an unusable value, else one Reading per
-    interpretation of the value."""
+    """One compiled condition: `readings` is None for an unusable value, Unreadable for one that
+    would take too much to read (and why), else one Reading per interpretation of the value."""
 
     __slots__ = ("expect", "key", "usable")
     #: False for conditions that judge a list as a whole rather than element by element.
     per_element = True
+    #: True for conditions that read the filesystem: the values of one argument share a budget.
+    reads_paths = False
 
     def __init__(self, key: str, expect: str, usable: str) -> None:
         self.key = key
         self.expect = expect
         self.usable = usable
 
-    def readings(self, value: object) -> Sequence[Reading] | None:
+    def readings(self, value: object, budget: ReadBudget | None = None) -> Sequence[Reading] | Unreadable | None:
         raise NotImplementedError
 
 
@@ -120,11 +126,15 @@ class _Condition:
 
 #: What a path condition can check; a relative path is resolved by the server, against a directory
 #: of its own choosing (server-filesystem: its allowed directories), so it is unusable.
-_ABSOLUTE: Final = "an absolute path (or ~/...) or a file:// URI; the server resolves relative paths its own way"
+_ABSOLUTE: Final = (
+    "an absolute path (or ~/...) or a local file:// URI (no host but localhost, no query or fragment, "
+    "valid UTF-8 escapes); the server resolves relative paths its own way"
+)
 
 
 class _Within(_Condition):
     __slots__ = ("_inside", "_reader", "_roots")
+    reads_paths = True
 
     def __init__(self, roots: Roots, reader: PathReader, inside: bool) -> None:
         where = _listing(roots.shown)
@@ -134,10 +144,14 @@ class _Within(_Condition):
         self._reader = reader
         self._inside = inside
 
-    def readings(self, value: object) -> Sequence[Reading] | None:
-        paths = self._reader.read(value)
-        if paths is None:
+    def readings(self, value: object, budget: ReadBudget | None = None) -> Sequence[Reading] | Unreadable | None:
+        if isinstance(value, str) and value[:5].lower() == "file:" and ("?" in value or "#" in value):
+            # fileURLToPath drops a query or fragment, a server slicing off `file://` keeps it as
+            # part of the path: `file:///ok/x?/../../secret` is two different files.
             return None
+        paths = self._reader.readings(value, budget)
+        if paths is None or isinstance(paths, Unreadable):
+            return paths
         return tuple((self._roots.contain(path) == self._inside, note) for path, note in paths)
 
 
@@ -145,21 +159,33 @@ class _Within(_Condition):
 
 
 class _Regex(_Condition):
-    __slots__ = ("_patterns", "_want")
+    """Patterns fully matched against a string. A value with a newline is read twice, with `.`
+    spanning newlines and without: a deny rule applies if either reading matches, an allow rule
+    holds only if both do, so a second line can neither hide from a deny pattern (`.*rm .*`) nor
+    ride along behind an allow pattern (`safe.*`)."""
+
+    __slots__ = ("_dotall", "_patterns", "_want")
 
     def __init__(self, patterns: Sequence[str], want: bool) -> None:
         listed = ", ".join(printable(p, 60) for p in patterns) or "(no pattern)"
         expect = f"fully match one of the patterns {listed}" if want else f"match none of the patterns {listed}"
         usable = f"a string of at most {MAX_REGEX_SUBJECT_CHARS} characters"
         super().__init__("matches" if want else "not_matches", expect, usable)
+        self._dotall = tuple(re.compile(p, re.DOTALL) for p in patterns)
         self._patterns = tuple(re.compile(p) for p in patterns)
         self._want = want
 
-    def readings(self, value: object) -> Sequence[Reading] | None:
+    def readings(self, value: object, budget: ReadBudget | None = None) -> Sequence[Reading] | Unreadable | None:
         if not isinstance(value, str) or len(value) > MAX_REGEX_SUBJECT_CHARS:
             return None
-        matched = any(pattern.fullmatch(value) for pattern in self._patterns)
-        return ((matched == self._want, None),)
+        spanning = any(pattern.fullmatch(value) for pattern in self._dotall)
+        if "\n" not in value:  # the usual case: both readings agree
+            return ((spanning == self._want, None),)
+        line_by_line = any(pattern.fullmatch(value) for pattern in self._patterns)
+        return (
+            (spanning == self._want, "reading . as any character, newlines included"),
+            (line_by_line == self._want, "reading . as any character but a newline"),
+        )
 
 
 def _scalar_key(value: object) -> tuple[str, object] | None:
@@ -183,7 +209,7 @@ class _OneOf(_Condition):
         super().__init__("one_of", f"be one of {listed}", "a string, number, true, false or null")
         self._keys = frozenset(_scalar_key(option) for option in options)
 
-    def readings(self, value: object) -> Sequence[Reading] | None:
+    def readings(self, value: object, budget: ReadBudget | None = None) -> Sequence[Reading] | Unreadable | None:
         key = _scalar_key(value)
         return None if key is None else ((key in self._keys, None),)
 
@@ -196,7 +222,7 @@ class _MaxLength(_Condition):
         super().__init__("max_length", f"be at most {limit} characters (or {limit} bytes as JSON)", "JSON")
         self._limit = limit
 
-    def readings(self, value: object) -> Sequence[Reading] | None:
+    def readings(self, value: object, budget: ReadBudget | None = None) -> Sequence[Reading] | Unreadable | None:
         if isinstance(value, str):
             size, unit = len(value), "characters"
         else:
@@ -211,7 +237,11 @@ class _MaxLength(_Condition):
 
 
 class _Hosts(_Condition):
-    __slots__ = ("_any", "_exact", "_suffixes")
+    """A URL's host against names, `*.` globs and CIDR ranges. An IPv6 host that carries an IPv4
+    address (`[::ffff:169.254.169.254]`) is read both ways: a deny rule about either catches it,
+    an allow rule must allow both."""
+
+    __slots__ = ("_any", "_exact", "_ranges", "_suffixes")
 
     def __init__(self, globs: Sequence[str]) -> None:
         listed = ", ".join(printable(glob, 60) for glob in globs) or "(no host)"
@@ -221,31 +251,54 @@ class _Hosts(_Condition):
         self._any = "*" in globs
         exact: set[str] = set()
         suffixes: list[str] = []
+        ranges: list[tuple[int, int, int]] = []
         for glob in globs:
-            if glob != "*":
-                wildcard, host = host_glob(glob)
-                if wildcard:
-                    suffixes.append("." + host)
-                else:
-                    exact.add(host)
+            if glob == "*":
+                continue
+            network = cidr(glob)
+            if network is not None:
+                ranges.append((network.version, int(network.network_address), int(network.broadcast_address)))
+                continue
+            wildcard, host = host_glob(glob)
+            if wildcard:
+                suffixes.append("." + host)
+            else:
+                exact.add(host)
         self._exact = frozenset(exact)
         self._suffixes = tuple(suffixes)
+        self._ranges = tuple(ranges)
 
-    def readings(self, value: object) -> Sequence[Reading] | None:
+    def readings(self, value: object, budget: ReadBudget | None = None) -> Sequence[Reading] | Unreadable | None:
         host = url_host(value)
         if host is None:
             return None
-        holds = self._any or host in self._exact or host.endswith(self._suffixes)
-        return ((holds, f"whose host is {host}"),)
+        ipv4 = embedded_ipv4(host) if ":" in host else None
+        if ipv4 is None:
+            return ((self._holds(host), f"whose host is {host}"),)
+        note = f"whose host is {host}, which is {ipv4}"
+        return ((self._holds(host), note), (self._holds(ipv4), note))
+
+    def _holds(self, host: str) -> bool:
+        if self._any or host in self._exact or host.endswith(self._suffixes):
+            return True
+        if not self._ranges or not (":" in host or host[-1].isdigit()):  # cheap: not an address
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a name such as `host1`
+            return False
+        number = int(address)
+        return any(version == address.version and low <= number <= high for version, low, high in self._ranges)
 
 
 # -- rules ---------------------------------------------------------------------------------
 
 
 def _values(value: object, per_element: bool) -> Sequence[object] | None:
-    """The values a condition judges; an empty list is None: there is nothing to check."""
+    """The values a condition judges; None when there is nothing usable to check: an empty list,
+    or one longer than `MAX_CHECKED_ELEMENTS`."""
     if per_element and isinstance(value, list):
-        return value or None
+        return value if 0 < len(value) <= MAX_CHECKED_ELEMENTS else None
     return (value,)
 
 
@@ -256,15 +309,24 @@ def _all_hold(name: str, condition: _Condition, present: bool, value: object) ->
         return _mismatch(name, condition, f"{must} (it was not given)")
     values = _values(value, condition.per_element)
     if values is None:
-        return _mismatch(name, condition, f"{must} (got an empty list)")
+        return _mismatch(name, condition, f"{must} (got {_unchecked_list(value)})")
+    budget = ReadBudget() if condition.reads_paths else None  # one per argument, its elements included
     for each in values:
-        readings = condition.readings(each)
+        readings = condition.readings(each, budget)
         if readings is None:
             return _mismatch(name, condition, f"{must} (got {_show(each)}, which is not {condition.usable})")
+        if isinstance(readings, Unreadable):
+            return _mismatch(name, condition, f"{must} (got {_show(each)}: {readings.reason})")
         for holds, note in readings:
             if not holds:
                 return _mismatch(name, condition, f"{must} (got {_show(each)}{', ' + note if note else ''})")
     return None
+
+
+def _unchecked_list(value: object) -> str:
+    if isinstance(value, list) and value:
+        return f"a list of {len(value)} elements; at most {MAX_CHECKED_ELEMENTS} are checked"
+    return "an empty list"
 
 
 def _any_holds(name: str, condition: _Condition, present: bool, value: object) -> Mismatch | None:
@@ -272,9 +334,10 @@ def _any_holds(name: str, condition: _Condition, present: bool, value: object) -
     values = _values(value, condition.per_element) if present else None
     if values is None:
         return None
+    budget = ReadBudget() if condition.reads_paths else None
     for each in values:
-        readings = condition.readings(each)
-        if readings is None or any(holds for holds, _ in readings):
+        readings = condition.readings(each, budget)
+        if readings is None or isinstance(readings, Unreadable) or any(holds for holds, _ in readings):
             return None
     return Mismatch(
         name,

@@ -1,4 +1,5 @@
-"""Host names out of URLs, read the one way every URL parser agrees on, for `hosts` conditions."""
+"""Host names out of URLs, read the one way every URL parser agrees on, for `hosts` conditions;
+and the entries of a `hosts` list: host names, `*.` globs and CIDR ranges."""
 
 from __future__ import annotations
 
@@ -15,6 +16,17 @@ _AMBIGUOUS_URL: Final = re.compile(r"[\s\\\x00-\x1f\x7f]")
 _HOST_CHARS: Final = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*")
 #: WHATWG reads a host whose last label is a number as IPv4 (`127.1`, `0x7f.1`, `2130706433`).
 _NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0x[0-9a-f]*")
+#: A CIDR entry: an address, `/` and a prefix length; no netmask form, no IPv6 zone.
+_CIDR: Final = re.compile(r"[0-9a-fA-F:.]+/[0-9]{1,3}")
+#: IPv6 addresses that carry an IPv4 one in their last 32 bits and reach it: IPv4-translated
+#: (::ffff:0:0:0/96, RFC 2765) and NAT64's well-known prefix (64:ff9b::/96, RFC 6052). IPv4-mapped
+#: (::ffff:0:0/96) and IPv4-compatible (::/96) are recognised separately below.
+_EMBEDDING_PREFIXES: Final = frozenset(
+    {int(ipaddress.IPv6Address("::ffff:0:0:0")) >> 32, int(ipaddress.IPv6Address("64:ff9b::")) >> 32}
+)
+_IPV4_MAPPED_PREFIX: Final = 0xFFFF
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def canonical_host(host: str) -> str | None:
@@ -46,6 +58,21 @@ def canonical_host(host: str) -> str | None:
     return host
 
 
+def embedded_ipv4(host: str) -> str | None:
+    """The IPv4 address a canonical IPv6 host carries and reaches (IPv4-mapped `::ffff:a.b.c.d`,
+    IPv4-compatible `::a.b.c.d`, IPv4-translated, NAT64 `64:ff9b::a.b.c.d`), else None.
+
+    `::` and `::1` are IPv6's own unspecified and loopback addresses, not IPv4 ones."""
+    try:
+        number = int(ipaddress.IPv6Address(host))
+    except ValueError:
+        return None
+    prefix = number >> 32
+    if prefix == _IPV4_MAPPED_PREFIX or prefix in _EMBEDDING_PREFIXES or (prefix == 0 and number > 1):
+        return str(ipaddress.IPv4Address(number & 0xFFFFFFFF))
+    return None
+
+
 def is_dotted_quad(host: str) -> bool:
     try:
         return str(ipaddress.IPv4Address(host)) == host
@@ -75,6 +102,27 @@ def url_host(value: object) -> str | None:
     return canonical_host(hostname)
 
 
+def cidr(entry: str) -> Network | None:
+    """The range a `hosts` entry such as `10.0.0.0/8` or `fd00::/8` names; None for an entry
+    without `/`. Raises ValueError for a malformed range or one with host bits set (`10.0.0.1/8`
+    is more likely a typo than a range)."""
+    if "/" not in entry:
+        return None
+    try:
+        if not _CIDR.fullmatch(entry):
+            raise ValueError("not ADDRESS/PREFIX")
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{entry!r} is not a CIDR range such as 10.0.0.0/8 or fd00::/8 ({exc})") from None
+
+
+def check_host_entry(entry: str) -> None:
+    """Raises ValueError for a `hosts` entry that is none of `*`, a host, `*.` and a host, or a CIDR
+    range; called when a profile loads, so the mistake is reported with its line."""
+    if entry != "*" and cidr(entry) is None:
+        host_glob(entry)
+
+
 def host_glob(glob: str) -> tuple[bool, str]:
     """(whether `*.` leads, the canonical host): `*.example.com`, `example.com`, `[::1]` or `::1`."""
     wildcard = glob.startswith("*.")
@@ -83,5 +131,5 @@ def host_glob(glob: str) -> tuple[bool, str]:
         body = body[1:-1]
     host = None if "*" in body or (wildcard and ":" in body) else canonical_host(body)
     if host is None:
-        raise ValueError(f"{glob!r} is not a host name, `*.` and a host name, `[IPv6]`, or `*`")
+        raise ValueError(f"{glob!r} is not a host name, `*.` and a host name, `[IPv6]`, a CIDR range, or `*`")
     return wildcard, host

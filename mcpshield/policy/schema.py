@@ -1,22 +1,25 @@
 """Validates tool arguments against the inputSchema a server declared in tools/list.
 
 Pure: no `$ref` is ever fetched (the registry refuses every URI, so only refs inside the schema
-resolve), formats are annotations, and the work of one call is bounded (argument depth; a schema
-that fails while validating refuses the call instead of raising).
+resolve), formats are annotations, and the work of one call is bounded (argument depth, linear
+uniqueItems, errors weighed; a schema that fails to compile or while validating refuses the
+tool's calls instead of raising).
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import referencing.exceptions
 import referencing.jsonschema
 from jsonschema.exceptions import SchemaError, UnknownType, ValidationError, best_match
 from jsonschema.protocols import Validator
-from jsonschema.validators import Draft202012Validator, validator_for
+from jsonschema.validators import Draft202012Validator, extend, validator_for
 from referencing import Registry, Resource
 from referencing._core import Resolver  # referencing exports no public name for the class
 
@@ -29,6 +32,12 @@ MAX_ARGUMENT_DEPTH: Final = 64
 #: How far strict mode follows allOf/anyOf/oneOf/$ref to learn which argument names a schema
 #: declares; real schemas wrap their properties once or twice at most.
 MAX_DECLARATION_DEPTH: Final = 8
+#: Longest array in the arguments of a tool whose schema uses uniqueItems: checking an array's
+#: items for duplicates costs a walk of every item, and a real tool's unique list is far shorter.
+MAX_UNIQUE_ITEMS: Final = 1000
+#: Errors weighed to pick the one a refusal names: each costs a repr of the failing value, and
+#: 20,000 wrong array items would otherwise take 20,000 of them (about 0.4 s).
+MAX_ERRORS_WEIGHED: Final = 32
 #: Keywords whose values are data, not schemas: a "$ref" inside one is just a string.
 _DATA_KEYWORDS: Final = frozenset({"const", "default", "enum", "examples"})
 #: Keywords whose string value the validator resolves.
@@ -76,12 +85,13 @@ class _Declared:
 class ToolSchema:
     """A compiled inputSchema: `validate` is cheap to call again and again."""
 
-    __slots__ = ("_declared", "_fast", "_validator")
+    __slots__ = ("_declared", "_fast", "_longest", "_validator")
 
     def __init__(self, validator: Validator, declared: _Declared, schema: dict[str, Any] | None = None) -> None:
         self._validator = validator
         self._declared = declared
         self._fast = compile_fast(schema) if schema is not None else None
+        self._longest = MAX_UNIQUE_ITEMS if schema is not None and _uses_unique_items(schema) else None
 
     def validate(self, arguments: object, strict: bool) -> str | None:
         """None when `arguments` are valid; otherwise one short message naming what is wrong.
@@ -93,18 +103,21 @@ class ToolSchema:
                 if not self._declared.allows(name):
                     shown = printable(name, 60)
                     return printable(f'unexpected argument "{shown}" ({self._declared.describe()})')
-        if _deeper_than(arguments, MAX_ARGUMENT_DEPTH):
-            return f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
+        problem = _oversized(arguments, self._longest)
+        if problem is not None:
+            return problem
         if self._fast is not None and self._fast(arguments):
             return None
         try:
-            error = best_match(self._validator.iter_errors(arguments))
+            error = best_match(itertools.islice(self._validator.iter_errors(arguments), MAX_ERRORS_WEIGHED))
         except RecursionError:
             return "the tool's input schema recurses too deeply to check these arguments"
         except referencing.exceptions.Unresolvable as exc:
             return printable(f"the tool's input schema refers to something mcpshield never fetches ({exc})")
         except (UnknownType, re.error) as exc:
             return printable(f"the tool's input schema cannot be applied: {exc}")
+        except Exception as exc:  # jsonschema on odd input (a $ref to a string, 10**400 / 0.1): refuse
+            return printable(f"the tool's input schema cannot be applied to these arguments ({_failure(exc)})")
         return None if error is None else _describe(error)
 
 
@@ -127,11 +140,13 @@ def compile_tool_schema(schema: object) -> ToolSchema | SchemaProblem:
         return SchemaProblem(printable(f"the tool's input schema has a pattern Python cannot compile: {exc}"))
     except referencing.exceptions.Unresolvable as exc:
         return SchemaProblem(printable(f"the tool's input schema refers to something outside it: {exc}"))
+    except Exception as exc:  # one tool's odd schema refuses that tool, never the policy
+        return SchemaProblem(printable(f"the tool's input schema cannot be used ({_failure(exc)})"))
 
 
 def _compile(schema: dict[str, Any]) -> ToolSchema | SchemaProblem:
     cls = validator_for(schema, default=Draft202012Validator)
-    cls.check_schema(schema)
+    _check_schema(cls, schema)
     dialect = cls.META_SCHEMA.get("$id") or cls.META_SCHEMA.get("id", "")
     specification = referencing.jsonschema.specification_with(dialect, default=referencing.jsonschema.DRAFT202012)
     root = _NO_RETRIEVAL.resolver_with_root(specification.create_resource(schema))
@@ -139,7 +154,52 @@ def _compile(schema: dict[str, Any]) -> ToolSchema | SchemaProblem:
     if unresolved is not None:
         reason = f"the tool's input schema refers to {unresolved}, which is not inside it (mcpshield fetches no schema)"
         return SchemaProblem(printable(reason))
-    return ToolSchema(cls(schema, registry=_NO_RETRIEVAL), _declarations(schema, root), schema)
+    validator = _linear_unique(cls)(schema, registry=_NO_RETRIEVAL)
+    return ToolSchema(validator, _declarations(schema, root), schema)
+
+
+def _check_schema(cls: type[Validator], schema: dict[str, Any]) -> None:
+    """`cls.check_schema`, with the metaschema applied by a linear-uniqueItems validator: a
+    draft-04 `enum` of thousands of objects is checked for duplicates."""
+    meta = _linear_unique(validator_for(cls.META_SCHEMA, default=cls))
+    for error in meta(cls.META_SCHEMA, format_checker=meta.FORMAT_CHECKER).iter_errors(schema):
+        raise SchemaError.create_from(error)
+
+
+@functools.cache
+def _linear_unique(cls: type[Validator]) -> type[Validator]:
+    """The dialect's validator with uniqueItems checked in linear time: jsonschema compares items
+    pair by pair when they do not sort (objects, mixed types), 8 s for 2,000 objects."""
+    return cast("type[Validator]", extend(cls, {"uniqueItems": _unique_items}))  # type: ignore[no-untyped-call]
+
+
+def _unique_items(validator: Validator, unique: object, instance: Any, schema: object) -> Iterator[ValidationError]:
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen: dict[object, int] = {}
+    for index, item in enumerate(instance):
+        earlier = seen.setdefault(_json_key(item), index)
+        if earlier != index:
+            yield ValidationError(f"items {earlier} and {index} are equal, and the schema asks for unique items")
+            return
+
+
+def _json_key(value: Any) -> object:
+    """A hashable stand-in for a JSON value, equal to another's exactly when JSON Schema calls the
+    values equal: 1 and 1.0 are, true and 1 are not, and object members have no order. Recurses
+    as deep as the value, which `validate` has bounded."""
+    kind = type(value)
+    if kind is bool:
+        return (0, value)
+    if kind is list:
+        return (1, tuple(map(_json_key, value)))
+    if kind is dict:
+        return (2, frozenset((key, _json_key(item)) for key, item in value.items()))
+    return value  # a string, number or null: Python's equality is JSON's
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _first_unresolvable(
@@ -193,21 +253,43 @@ def _declarations(schema: dict[str, Any], root: Resolver[Any]) -> _Declared:
     return _Declared(frozenset(names), tuple(patterns), is_open)
 
 
-def _deeper_than(value: object, limit: int) -> bool:
-    """Whether arrays and objects nest more than `limit` levels; iterative, so never recursive."""
-    pending: list[tuple[object, int]] = [(value, 0)]
+def _oversized(arguments: dict[str, Any], longest: int | None) -> str | None:
+    """Why the arguments are too big to validate: nested more than MAX_ARGUMENT_DEPTH levels, or
+    holding an array longer than `longest` (when not None). Level by level, so never recursive."""
+    level: list[object] = [arguments]
+    depth = 0
+    while level:
+        below: list[object] = []
+        for node in level:
+            if type(node) is dict:
+                below.extend(node.values())
+            elif type(node) is list:
+                if longest is not None and len(node) > longest:
+                    return (
+                        f"an array in the arguments has more than {longest} items, and the tool's input schema "
+                        "asks for unique items: mcpshield checks that only for shorter arrays"
+                    )
+                below.extend(node)
+            else:
+                continue
+            if depth >= MAX_ARGUMENT_DEPTH:
+                return f"arguments are nested more than {MAX_ARGUMENT_DEPTH} levels deep"
+        level = below
+        depth += 1
+    return None
+
+
+def _uses_unique_items(schema: dict[str, Any]) -> bool:
+    """Whether uniqueItems is asked for anywhere in the schema (values of data keywords aside)."""
+    pending: list[object] = [schema]
     while pending:
-        node, depth = pending.pop()
-        children: Iterable[object]
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth >= limit:
-            return True
-        pending.extend((child, depth + 1) for child in children)
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            if node.get("uniqueItems") is True:
+                return True
+            pending.extend(value for key, value in node.items() if key not in _DATA_KEYWORDS)
     return False
 
 

@@ -11,6 +11,8 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from mcpshield.policy.hosts import check_host_entry
+
 Action = Literal["allow", "ask", "deny"]
 #: How restrictive each action is; combining two decisions keeps the more restrictive one.
 STRICTNESS: dict[str, int] = {"allow": 0, "ask": 1, "deny": 2}
@@ -72,7 +74,8 @@ class ArgCondition(_Model):
     not_within: Globs | None = None
     """Paths that must lie inside none of these directories (resolved as for `within`)."""
     matches: Globs | None = None
-    """Regular expressions (Python syntax); the whole value must match one of them."""
+    """Regular expressions (Python syntax); the whole value must match one of them. A value with
+    a newline is read with `.` spanning newlines and without; see docs/profiles.md."""
     not_matches: Globs | None = None
     """Regular expressions; the whole value must match none of them."""
     one_of: tuple[Scalar, ...] | None = None
@@ -80,8 +83,9 @@ class ArgCondition(_Model):
     max_length: Annotated[int, Field(ge=0)] | None = None
     """Strings at most this many characters; other values at most this many bytes as JSON."""
     hosts: Globs | None = None
-    """URLs (http, https, ws, wss) whose host matches one of these globs: `*.example.com`
-    matches subdomains only, so list `example.com` too when the bare domain is meant."""
+    """URLs (http, https, ws, wss) whose host matches one of these: a host, `*.example.com`
+    (subdomains only, so list `example.com` too when the bare domain is meant), a CIDR range
+    (`10.0.0.0/8`, `fd00::/8`) or `*`."""
 
     _one = field_validator("within", "not_within", "matches", "not_matches", "hosts", mode="before")(_as_tuple)
 
@@ -94,6 +98,13 @@ class ArgCondition(_Model):
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a valid regular expression: {exc}") from None
         return patterns
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_entries(cls, entries: Globs | None) -> Globs | None:
+        for entry in entries or ():
+            check_host_entry(entry)
+        return entries
 
     @model_validator(mode="after")
     def _says_something(self) -> ArgCondition:
@@ -160,6 +171,23 @@ class LimitsSection(_Model):
     """Loop breaker: calls of one tool with the same arguments per rolling minute."""
 
 
+class AuditSection(_Model):
+    """What the audit log keeps (see docs/audit.md). Decisions are always logged; arguments and
+    results only where asked, redacted and cut to a bound."""
+
+    enabled: bool = True
+    """false: this server's sessions write no audit log at all."""
+    record_arguments: bool = False
+    """Keep each request's arguments (tool calls), not only their SHA-256."""
+    record_results: bool = False
+    """Keep each answer's result."""
+    max_recorded_bytes: Annotated[int, Field(gt=0, le=1_048_576)] = 4096
+    """Recorded arguments or results longer than this (as JSON) are cut to it."""
+    on_log_failure: Literal["stop", "continue"] = "stop"
+    """When the log cannot be written (disk full, folder gone): "stop" refuses every call from
+    then on, "continue" goes on without a log (one line on stderr says so)."""
+
+
 class Profile(_Model):
     """One server's least-privilege policy."""
 
@@ -175,6 +203,7 @@ class Profile(_Model):
     """`prompts/get` and list answers, by prompt name glob."""
     server_requests: ServerRequestsSection = Field(default_factory=ServerRequestsSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
     env: dict[str, str] = Field(default_factory=dict)
     """Variables the server gets on top of the minimal environment, each `keyring:SECRET` (a
     secret from the OS keyring, see `mcpshield secret set`), `env:VAR` (from mcpshield's own

@@ -3,7 +3,8 @@
 A tool is allowed only if its name starts with a read verb (`READ_VERBS`), contains no word that
 hints at secrets (`SECRET_WORDS`), and the server does not itself mark it as writing or destructive.
 Everything else asks; tools the server did not list fall to `default = "deny"`. The TOML is written
-by hand (tomli_w cannot write comments), so every string is escaped here and the result re-parsed.
+by hand (tomli_w cannot write comments), so every string is escaped here and the result re-parsed;
+tool names are written as globs that match only themselves (`read_[x]*` becomes `read_[[]x][*]`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,13 @@ SUBCOMMANDS: Final = frozenset({"run", "exec", "x", "dlx", "tool"})
 DESCRIPTION_CHARS: Final = 100
 _NPM_PACKAGE: Final = re.compile(r"@[a-z0-9][\w.-]*/[a-z0-9][\w.-]*", re.IGNORECASE)
 _WORD: Final = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+#: What fnmatch reads as a wildcard; `]` and `!` mean something only after a `[`.
+_GLOB_CHARS: Final = re.compile(r"[*?\[]")
+
+
+def escape_glob(name: str) -> str:
+    """A glob that matches `name` and nothing else: each wildcard character in a class of its own."""
+    return _GLOB_CHARS.sub(lambda m: f"[{m[0]}]", name)
 
 
 def is_read_looking(tool: ToolInfo) -> bool:
@@ -59,12 +67,13 @@ def match_pattern(argv: Sequence[str]) -> str:
             return package[0]
     program = os.path.basename(argv[0])
     if program.removesuffix(".exe") not in LAUNCHERS and not re.fullmatch(r"python3?(\.\d+)?", program):
-        return program
+        # A pattern with glob characters must match a whole argument: then match argv[0] exactly.
+        return escape_glob(argv[0]) if _GLOB_CHARS.search(program) else program
     for arg in argv[1:]:
         if arg.startswith("-") or arg in SUBCOMMANDS or "://" in arg:
             continue
         name = re.split(r"==|(?<=.)@", os.path.basename(arg.rstrip("/")))[0]  # no version
-        if name and "=" not in name:  # NAME=VALUE settings are not names
+        if name and "=" not in name and not _GLOB_CHARS.search(name):  # NAME=VALUE settings are not names
             return name
     return program
 
@@ -112,7 +121,7 @@ def _tool_list(key: str, tools: Sequence[ToolInfo]) -> list[str]:
         description = _comment(tool.description)
         if description:
             lines.append(f"    # {description}")
-        lines.append(f"    {toml_string(tool.name)},")
+        lines.append(f"    {toml_string(escape_glob(tool.name))},")
     return [*lines, "]"]
 
 
@@ -146,7 +155,8 @@ def _self_check(text: str, allow: Sequence[ToolInfo], ask: Sequence[ToolInfo]) -
         raise ProfileError(
             f"the starter profile came out malformed ({exc})", "please report this bug; nothing was written"
         ) from None
-    if profile.tools.allow != tuple(t.name for t in allow) or profile.tools.ask != tuple(t.name for t in ask):
+    meant = (tuple(escape_glob(t.name) for t in allow), tuple(escape_glob(t.name) for t in ask))
+    if (profile.tools.allow, profile.tools.ask) != meant:
         raise ProfileError(
             "the starter profile does not say what was meant", "please report this bug; nothing was written"
         )
