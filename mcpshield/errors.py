@@ -6,6 +6,7 @@
     ├── ProfileError            a profile is missing, malformed, ambiguous or cannot be written
     ├── SecretError             a secret cannot be stored, found or injected (the value is never named)
     ├── AuditError              the audit log cannot be written or read
+    ├── ApprovalError           the terminal approver cannot start or its socket cannot be trusted
     └── UnsupportedPlatform     this OS lacks what the feature needs
 
 The CLI prints `mcpshield: <message>` and `Tip: <tip>` and exits with `exit_code`.
@@ -58,6 +59,13 @@ class AuditError(ShieldError):
     finding, exit 1, not an error)."""
 
     exit_code = 4
+
+
+class ApprovalError(ShieldError):
+    """The terminal approver cannot listen (another one is running, its folder is not private to
+    the user) or a wrapper cannot trust the approver it would talk to."""
+
+    exit_code = 5
 
 
 class UnsupportedPlatform(ShieldError):

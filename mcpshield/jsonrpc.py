@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -217,11 +218,16 @@ def _decode_fallback(line: bytes) -> Any:
     else of it (or fail re-encoding it), so it is refused here too."""
     try:
         text = line.decode("utf-8")
-        body = json.loads(text, parse_constant=_refuse_constant)
+        body = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
         if "\\u" in text:  # only an escape can make a lone surrogate out of valid UTF-8
             json.dumps(body, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
         return _lone_surrogate(line, body)
+    except _InfiniteNumber:
+        # Read once more with every number harmless, to learn whom to answer.
+        shape = json.loads(text, parse_float=lambda _: 0.0)
+        reason = "a message must not hold a number too large for a double (it would read as infinity)"
+        return _refused(line, shape if type(shape) is dict else {}, reason)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return DecodeFailure(PARSE_ERROR, "the line is not valid UTF-8 JSON", _excerpt(line))
     return body
@@ -236,6 +242,17 @@ def _lone_surrogate(line: bytes, body: Any) -> DecodeFailure:
         except UnicodeEncodeError:  # the id itself: it cannot be sent back, so the answer gets null
             return DecodeFailure(failure.code, reason, failure.excerpt, None, failure.kind)
     return failure
+
+
+class _InfiniteNumber(ValueError):
+    """A number such as 1e400: JSON has no infinity, and peers would read it differently."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _InfiniteNumber(text)
+    return value
 
 
 def _refuse_constant(name: str) -> Any:

@@ -37,7 +37,7 @@ class Entry:
     #: Counted in Ledger.active_tool_calls: a tool call sent on, neither held nor withdrawn.
     counted: bool = False
     #: Its audit event, once decided, until it is over (see mcpshield.audit.trail).
-    audit: dict[str, Any] | None = None
+    audit: list[Any] | None = None
 
     @property
     def args_hash(self) -> str | None:

@@ -70,6 +70,8 @@ class Relay:
         self._client_redactions = 0
         self._stderr = Stderr(self._redactor)
         self._report = self._stderr.report
+        if trail is not None:
+            trail.report = self._report
         self._on_stderr_data = self._stderr.server_data
         self._on_stderr_eof = self._stderr.server_eof
         self._client_in_fd = client_in
@@ -388,7 +390,7 @@ class Relay:
             if entry.cancelled:
                 ledger.discard(entry)  # withdrawn: never sent (its id may have been reused since)
                 if self._trail is not None:
-                    self._trail.withdrawn(msg, entry.started, self._now)
+                    self._trail.withdrawn(entry, self._now)
                 continue
             try:
                 self._dispatch(msg, TO_SERVER, entry)
@@ -400,8 +402,7 @@ class Relay:
         if isinstance(request_id, str | int) and not isinstance(request_id, bool):
             entry = ledger.cancel(request_id, self._now)
             if entry is not None and entry.audit is not None and self._trail is not None:
-                self._trail.ended(entry.audit, "cancelled", self._now)
-                entry.audit = None
+                self._trail.ended(entry, "cancelled", self._now)
 
     def _dispatch(self, msg: Message, direction: Direction, entry: Entry | None) -> int:
         """Applies the message's Decision; returns the secrets redacted from it (only counted
@@ -455,16 +456,15 @@ class Relay:
             elif msg.method == "initialize":
                 self._initialize = msg.params
             name = _DECISIONS[type(decision)]
-            entry.audit = trail.decided(msg, direction is TO_SERVER, name, decision.rule, self._now)
+            entry.audit = trail.decided(msg, direction is TO_SERVER, name, decision.rule)
         elif type(decision) is not Allow and entry.audit is not None:
-            trail.response_decided(entry.audit, _DECISIONS[type(decision)], decision.rule)
+            trail.response_decided(entry, _DECISIONS[type(decision)], decision.rule)
         return decision
 
     def _audit_answer(self, msg: Message, entry: Entry, redactions: int) -> None:
         trail = self._trail
         assert trail is not None and entry.audit is not None
-        trail.answered(entry.audit, msg, self._now, redactions)
-        entry.audit = None
+        trail.answered(entry, msg, self._now, redactions)
         if entry.method == "initialize" and type(msg.body.get("result")) is dict:
             trail.initialized(self._initialize, msg.body["result"])
 
@@ -476,8 +476,7 @@ class Relay:
             entry = ledger.close(msg.id)  # type: ignore[arg-type]
             back.append(answers.refusal(msg, reason, code))
             if entry is not None and entry.audit is not None and self._trail is not None:
-                self._trail.refused(entry.audit, reason, self._now)
-                entry.audit = None
+                self._trail.refused(entry, reason, self._now)
         elif msg.kind is RESPONSE:
             # The requester is on the far side: it gets an error instead of the refused answer.
             forward = self._to_server if direction is TO_SERVER else self._to_client
@@ -513,8 +512,7 @@ class Relay:
     def _audit_end(self, entry: Entry | None, outcome: str) -> None:
         """Records a request that ended without its answer passing (an internal error)."""
         if entry is not None and entry.audit is not None and self._trail is not None:
-            self._trail.ended(entry.audit, outcome, self._now)
-            entry.audit = None
+            self._trail.ended(entry, outcome, self._now)
 
     def _flush(self) -> None:
         if self._to_server:
@@ -561,10 +559,10 @@ class Relay:
             if not entry.cancelled and not entry.own:
                 self._to_client.append(jsonrpc.error_response(entry.id, jsonrpc.SERVER_ERROR, reason))
             if entry.audit is not None and trail is not None:
-                trail.ended(entry.audit, "unanswered" if self._shutdown.started else "server_exited", self._now)
+                trail.ended(entry, "unanswered" if self._shutdown.started else "server_exited", self._now)
         for entry in self._server_ledger.drain():  # the server's requests the client never answered
             if entry.audit is not None and trail is not None:
-                trail.ended(entry.audit, "unanswered", self._now)
+                trail.ended(entry, "unanswered", self._now)
         if self._to_client and not self._shutdown.started:
             self._report(reason)
         self._flush()

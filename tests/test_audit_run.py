@@ -280,7 +280,7 @@ def test_a_log_that_fills_up_stops_calls(shield: Shield, tmp_path: Path) -> None
     client.initialize()
     refused = None
     for request_id in range(2, 200):
-        client.call(request_id, "echo", {"text": "x" * 50})
+        client.call(request_id, "echo", {"text": f"{request_id} " + "x" * 50})  # distinct: no loop breaker
         answer = client.answer_for(request_id)
         if answer["result"].get("isError"):
             refused = answer["result"]["content"][0]["text"]
@@ -322,3 +322,19 @@ def test_a_killed_mcpshield_still_leaves_every_event_it_handed_over(shield: Shie
     assert done.returncode == 0, done.stdout
     assert "incomplete" in done.stdout  # no session_end: mcpshield could not write it
     assert set(_requests(_events(tmp_path))) == {2, 3, 4}
+
+
+def test_a_log_that_fills_up_under_continue_says_so_once_and_goes_on(shield: Shield, tmp_path: Path) -> None:
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    path = tmp_path / "profile.toml"
+    path.write_text('[tools]\nallow = ["echo"]\n\n[audit]\non_log_failure = "continue"\n')
+    env = environ_with(MCPSHIELD_LOG_DIR=str(tmp_path / "logs"))
+    client = shield(*fake_argv(), flags=["--profile", str(path)], env=env, preexec_fn=small_files)
+    client.initialize()
+    for request_id in range(2, 120):
+        client.call(request_id, "echo", {"text": f"{request_id} " + "x" * 50})
+        assert not client.answer_for(request_id)["result"].get("isError")
+    said = client.wait_stderr(b"mcpshield: the audit log cannot be written (File too large); going on without it")
+    assert said.count(b"going on without it") == 1

@@ -256,3 +256,10 @@ def test_the_ledger_keeps_string_and_number_ids_apart() -> None:
     ledger.cancel("1", 0.0)
     (left,) = ledger.drain()
     assert left.cancelled
+
+
+def test_a_number_too_large_for_a_double_is_refused() -> None:
+    failure = jsonrpc.decode(b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"n":1e400}}}')
+    assert isinstance(failure, jsonrpc.DecodeFailure)
+    assert "infinity" in failure.reason
+    assert (failure.id, failure.kind, failure.code) == (1, jsonrpc.Kind.REQUEST, jsonrpc.INVALID_REQUEST)

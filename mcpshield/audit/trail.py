@@ -1,19 +1,22 @@
-"""What the relay tells the audit log: one event per request, built in two steps.
+"""What the relay tells the audit log: one event per request, built once, when it is over.
 
-When a request is decided, `decided` builds its event (kept on the ledger entry if the request
-goes on, recorded at once if it was refused); when it is over, `answered` or `ended` completes
-and records it. Only cheap work happens here, on the relay's thread: hashing the arguments,
-redacting and cutting what is recorded happen in the writer process (see `writer`).
+When a request is decided, `decided` returns the little that must be kept of the decision (the
+ledger entry holds it, beside the request's id, method, tool and arguments); when the request is
+over (answered, refused, cancelled, never answered), its event is built and recorded. Only cheap
+work happens here, on the relay's thread: hashing the arguments, redacting and cutting what is
+recorded happen in the writer process (see `writer`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from mcpshield.audit.writer import AuditLog
 from mcpshield.jsonrpc import Message
+from mcpshield.ledger import Entry
 
 #: Requests whose target (a resource URI or prompt name) is recorded, and the param holding it.
 TARGETS: Final = {
@@ -38,11 +41,14 @@ class Recording:
 class AuditTrail:
     """The relay's side of the audit log: builds events, counts, and says when calls must stop."""
 
-    __slots__ = ("_log", "_recording", "counts", "redactions")
+    __slots__ = ("_log", "_recording", "_told", "counts", "redactions", "report")
 
     def __init__(self, log: AuditLog, recording: Recording) -> None:
         self._log = log
         self._recording = recording
+        self._told = False
+        #: Where a line for the user goes (the relay sets its stderr reporter).
+        self.report: Callable[[str], None] = lambda text: None
         #: Requests decided, by decision; for session_end.
         self.counts: dict[str, int] = {}
         self.redactions = 0
@@ -51,69 +57,85 @@ class AuditTrail:
     def stops_calls(self) -> str | None:
         """Why calls must be refused now (the log failed and the profile says stop), or None."""
         failed = self._log.failed
-        return failed if failed is not None and self._recording.on_failure == "stop" else None
+        if failed is None or self._recording.on_failure == "stop":
+            return failed
+        if not self._told:
+            self._told = True
+            self.report(f"the audit log cannot be written ({failed}); going on without it, as the profile allows")
+        return None
 
-    def decided(self, msg: Message, to_server: bool, decision: str, rule: str | None, now: float) -> dict[str, Any]:
-        """The event of a request just decided; the caller keeps it until the request is over."""
-        self.counts[decision] = self.counts.get(decision, 0) + 1
-        event: dict[str, Any] = {
-            "dir": "to_server" if to_server else "to_client",
-            "id": msg.id,
-            "method": msg.method,
-            "decision": decision,
-            "rule": rule,
-            "_started": now,
-        }
+    def decided(self, msg: Message, to_server: bool, decision: str, rule: str | None) -> list[Any]:
+        """What is kept of a request just decided, until it is over (the ledger entry holds the
+        rest: id, method, tool, arguments, start)."""
+        counts = self.counts
+        counts[decision] = counts.get(decision, 0) + 1
         method = msg.method
-        if method == "tools/call":
-            params = msg.params
-            event["tool"] = params.get("name")
-            event["_args"] = params.get("arguments", {})
-        elif method in TARGETS:
-            event["target"] = msg.params.get(TARGETS[method])
-        return event
+        target = msg.params.get(TARGETS[method]) if method in TARGETS else None
+        return [to_server, decision, rule, target, None]  # the last: what was decided of the answer
 
-    def withdrawn(self, msg: Message, started: float, now: float) -> None:
+    def withdrawn(self, entry: Entry, now: float) -> None:
         """Records a request its sender cancelled before anything was decided (a call held for
         the server's tool list): no decision, outcome cancelled."""
-        event = self.decided(msg, True, "none", None, started)
-        self.counts["none"] -= 1
-        event["decision"] = None
-        self.ended(event, "cancelled", now)
+        entry.audit = [True, None, None, None, None]
+        self.ended(entry, "cancelled", now)
 
-    def refused(self, event: dict[str, Any], reason: str, now: float, approval: dict[str, Any] | None = None) -> None:
+    def refused(self, entry: Entry, reason: str, now: float, approval: dict[str, Any] | None = None) -> None:
         """Records a request mcpshield answered itself."""
-        event["outcome"] = "refused"
+        event = self._event(entry, "refused", True, now, 0)
         event["reason"] = reason
-        event["is_error"] = True
         if event["decision"] == "ask":
             event["approval"] = approval
-        self._finish(event, now, 0)
+        self._log.record("request", event)
 
-    def answered(self, event: dict[str, Any], msg: Message, now: float, redactions: int) -> None:
+    def answered(self, entry: Entry, msg: Message, now: float, redactions: int) -> None:
         """Records a request whose answer is on its way back; `msg` is the answer as received."""
         body = msg.body
         if "error" in body:
-            event["outcome"] = "error"
-            event["is_error"] = True
-        else:
-            result = body.get("result")
-            event["outcome"] = "answered"
-            event["is_error"] = type(result) is dict and result.get("isError") is True
-            if self._recording.results:
-                event["_result"] = result
-        self._finish(event, now, redactions)
+            self._log.record("request", self._event(entry, "error", True, now, redactions))
+            return
+        result = body.get("result")
+        failed = type(result) is dict and result.get("isError") is True
+        event = self._event(entry, "answered", failed, now, redactions)
+        if self._recording.results:
+            event["_result"] = result
+        self._log.record("request", event)
 
-    def response_decided(self, event: dict[str, Any], decision: str, rule: str | None) -> None:
+    def response_decided(self, entry: Entry, decision: str, rule: str | None) -> None:
         """Notes that the answer itself was rewritten or refused on its way back."""
-        event["response_decision"] = decision
-        event["response_rule"] = rule
+        assert entry.audit is not None
+        entry.audit[4] = (decision, rule)
 
-    def ended(self, event: dict[str, Any], outcome: str, now: float) -> None:
+    def ended(self, entry: Entry, outcome: str, now: float) -> None:
         """Records a request that will get no answer from its peer: cancelled, server gone, ..."""
-        event["outcome"] = outcome
-        event["is_error"] = outcome != "cancelled"
-        self._finish(event, now, 0)
+        self._log.record("request", self._event(entry, outcome, outcome != "cancelled", now, 0))
+
+    def _event(self, entry: Entry, outcome: str, is_error: bool, now: float, redactions: int) -> dict[str, Any]:
+        """The request's event, built once, when it is over; its entry forgets it."""
+        kept = entry.audit
+        assert kept is not None
+        entry.audit = None
+        self.redactions += redactions
+        event: dict[str, Any] = {
+            "dir": "to_server" if kept[0] else "to_client",
+            "id": entry.id,
+            "method": entry.method,
+            "decision": kept[1],
+            "rule": kept[2],
+            "outcome": outcome,
+            "is_error": is_error,
+            "latency_us": int((now - entry.started) * 1e6),
+            "redactions": redactions,
+        }
+        if entry.method == "tools/call":
+            event["tool"] = entry.tool
+            event["_args"] = entry.arguments  # hashed (and kept, if asked) by the writer
+            if not self._recording.arguments:
+                event["_hash_only"] = True
+        elif kept[3] is not None:
+            event["target"] = kept[3]
+        if kept[4] is not None:
+            event["response_decision"], event["response_rule"] = kept[4]
+        return event
 
     def hand_over(self) -> None:
         """Passes what was recorded to the writer; the relay calls it once per chunk."""
@@ -142,15 +164,6 @@ class AuditTrail:
                 "server": _info(server),
             },
         )
-
-    def _finish(self, event: dict[str, Any], now: float, redactions: int) -> None:
-        event["latency_us"] = int((now - event.pop("_started")) * 1e6)
-        event["redactions"] = redactions
-        self.redactions += redactions
-        if not self._recording.arguments:
-            # Only its hash is kept; the writer process computes it.
-            event["_hash_only"] = True
-        self._log.record("request", event)
 
 
 def _info(value: Any) -> dict[str, Any] | None:
