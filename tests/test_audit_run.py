@@ -267,17 +267,23 @@ def test_on_log_failure_continue_runs_without_a_log(shield: Shield, tmp_path: Pa
     client.wait_stderr(b"mcpshield: running without an audit log, as the profile allows")
 
 
-def test_a_log_that_fills_up_stops_calls(shield: Shield, tmp_path: Path) -> None:
-    # RLIMIT_FSIZE stands in for a full disk: writes past it fail with EFBIG (Python ignores
-    # SIGXFSZ). The first line fits; the calls' events soon do not.
+def _start_with_small_files(shield: Shield, tmp_path: Path, profile: str) -> LineClient:
+    """The wrapper under RLIMIT_FSIZE, which stands in for a full disk: writes past 4 KiB fail
+    with EFBIG (Python ignores SIGXFSZ). The first line fits; the calls' events soon do not."""
+
     def small_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
     path = tmp_path / "profile.toml"
-    path.write_text('[tools]\nallow = ["echo"]\n')
+    path.write_text(profile)
     env = environ_with(MCPSHIELD_LOG_DIR=str(tmp_path / "logs"))
     client = shield(*fake_argv(), flags=["--profile", str(path)], env=env, preexec_fn=small_files)
     client.initialize()
+    return client
+
+
+def test_a_log_that_fills_up_stops_calls(shield: Shield, tmp_path: Path) -> None:
+    client = _start_with_small_files(shield, tmp_path, '[tools]\nallow = ["echo"]\n')
     refused = None
     for request_id in range(2, 200):
         client.call(request_id, "echo", {"text": f"{request_id} " + "x" * 50})  # distinct: no loop breaker
@@ -325,14 +331,8 @@ def test_a_killed_mcpshield_still_leaves_every_event_it_handed_over(shield: Shie
 
 
 def test_a_log_that_fills_up_under_continue_says_so_once_and_goes_on(shield: Shield, tmp_path: Path) -> None:
-    def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-
-    path = tmp_path / "profile.toml"
-    path.write_text('[tools]\nallow = ["echo"]\n\n[audit]\non_log_failure = "continue"\n')
-    env = environ_with(MCPSHIELD_LOG_DIR=str(tmp_path / "logs"))
-    client = shield(*fake_argv(), flags=["--profile", str(path)], env=env, preexec_fn=small_files)
-    client.initialize()
+    profile = '[tools]\nallow = ["echo"]\n\n[audit]\non_log_failure = "continue"\n'
+    client = _start_with_small_files(shield, tmp_path, profile)
     for request_id in range(2, 120):
         client.call(request_id, "echo", {"text": f"{request_id} " + "x" * 50})
         assert not client.answer_for(request_id)["result"].get("isError")
