@@ -42,9 +42,10 @@ def set_nonblocking(fd: int) -> bool:
 
 
 def is_pollable(fd: int) -> bool:
-    """Pipes, sockets and terminals can be polled; regular files cannot (epoll refuses them)."""
+    """Pipes, sockets and terminals can be polled; regular files and other devices (/dev/null)
+    cannot (epoll refuses them)."""
     mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
 class FdReader:

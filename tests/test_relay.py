@@ -282,3 +282,17 @@ def test_the_profile_env_is_injected_redacted_and_wins_over_env_flags(shield: Sh
     assert server_env["PLAIN"] == "plain-flag-value"  # --env values are not redacted
     assert "PARENT_VALUE" not in server_env
     client.wait_stderr(b"mcpshield: the profile's [env] sets SHARED, over what --env passed")
+
+
+def test_stdin_from_dev_null_ends_the_session_cleanly() -> None:
+    with open(os.devnull, "rb") as nothing:
+        done = subprocess.run(
+            shield_argv(*fake_argv(), flags=["--no-audit"]),
+            stdin=nothing,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Traceback" not in done.stderr
+    assert done.stdout == b""
