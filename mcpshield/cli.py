@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile_verbs(verbs)
     _add_secret_verbs(verbs)
     _add_audit_verbs(verbs)
+    _add_approval_verbs(verbs)
 
     verbs.add_parser(
         "demo",
@@ -170,6 +171,17 @@ def _add_audit_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser])
     where.add_argument("--session", metavar="ID", help="print the files of the sessions whose id starts with ID")
 
 
+def _add_approval_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    approvals = verbs.add_parser(
+        "approvals",
+        help="answer the calls a profile marks `ask` (the terminal approver)",
+        description="Listen for wrappers of this user asking a person to approve a call. With --json: one "
+        "JSON line per pending request and per outcome on stdout, decisions as JSON lines on stdin; runs "
+        "until SIGINT or SIGTERM, also after stdin ends. See docs/approvals.md.",
+    )
+    approvals.add_argument("--json", action="store_true", help="the scriptable mode: JSON lines on stdin and stdout")
+
+
 def _init_options(prog: str | None = None) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(prog=prog, add_help=False)
     options.add_argument("--force", action="store_true", help="replace an existing profile")
@@ -190,6 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _secret(args)
         if args.verb == "audit":
             return _audit(args)
+        if args.verb == "approvals":
+            return _approvals(args)
         if args.verb == "demo":
             from mcpshield.demo.client import main as demo_main
 
@@ -334,6 +348,16 @@ def _audit(args: argparse.Namespace) -> int:
         raise UsageError(f"-n {args.count!r} is not a count", "give a number of events, or `all`")
     filt = commands.make_filter(args.since, tool=args.tool, decision=args.decision, session=args.session)
     return commands.tail(filt, None if args.count == "all" else int(args.count), args.follow, args.json)
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    if not args.json:
+        raise UsageError(
+            "the interactive approver is not built yet", "run `mcpshield approvals --json` (see docs/approvals.md)"
+        )
+    from mcpshield.approval.scripted import serve_json
+
+    return serve_json()
 
 
 def _check_env_flags(flags: Sequence[str]) -> None:
