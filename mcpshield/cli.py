@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -31,6 +32,7 @@ TMPDIR, TZ, SSL_CERT_FILE, SSL_CERT_DIR, NODE_EXTRA_CA_CERTS), plus what --env p
 the profile's [env] (keyring secrets; its values are redacted from all the server sends back).
 mcpshield exits with the server's exit status (128+N if a signal N ended it).
 Every session writes an audit log (`mcpshield audit path` says where; exit 4 if it cannot).
+Tool calls the profile says to `ask` about wait for a decision in `mcpshield approvals`.
 
 --profile NAME looks for NAME.toml among the user's profiles, then the shipped ones; a PATH
 (with a / or ending in .toml) names a file; `none` runs without a profile. Without --profile,
@@ -236,8 +238,11 @@ def _run(args: argparse.Namespace) -> int:
     redactor = _inject_env(loaded.profile.env, env)
     audit = None if args.no_audit or not loaded.profile.audit.enabled else _audit_config(loaded)
     sys.stderr.write(f"mcpshield: enforcing profile {loaded.name} ({loaded.source})\n")
+    from mcpshield.approval.broker import ApprovalSetup
+
+    approvals = ApprovalSetup(loaded.name, shlex.join(command), loaded.profile.approval.timeout_s)
     launch = LaunchSpec(tuple(command), env)
-    return run_server(RunConfig(launch=launch, policy=policy, redactor=redactor, audit=audit))
+    return run_server(RunConfig(launch=launch, policy=policy, redactor=redactor, audit=audit, approvals=approvals))
 
 
 def _audit_config(loaded: LoadedProfile | None) -> AuditConfig:

@@ -19,16 +19,19 @@ import anyio
 import orjson
 
 from mcpshield import answers, jsonrpc
+from mcpshield.aftermath import Aftermath
 from mcpshield.catalog import FETCH_TIMEOUT_S, CatalogFetch
 from mcpshield.fdio import FdReader, FdWriter, is_pollable
-from mcpshield.jsonrpc import NOTIFICATION, REQUEST, RESPONSE, DecodeFailure, JsonId, Message, Oversized
+from mcpshield.jsonrpc import REQUEST, RESPONSE, DecodeFailure, Message, Oversized
 from mcpshield.ledger import Entry, Ledger
+from mcpshield.malformed import Malformed
 from mcpshield.policy import Allow, Ask, Context, Decision, Deny, Direction, Policy, Rewrite
 from mcpshield.shutdown import Shutdown
 from mcpshield.stderr import STDERR_HOLD_BYTES, Stderr
 from mcpshield.supervisor import Child, describe_exit, exit_status
 
-if TYPE_CHECKING:  # `run` imports these only when there is something to redact or audit
+if TYPE_CHECKING:  # `run` imports these only when there is something to redact, audit or ask
+    from mcpshield.approval.broker import ApprovalSetup, Broker
     from mcpshield.audit.trail import AuditTrail
     from mcpshield.policy.redact import Redactor
 
@@ -43,11 +46,9 @@ _NL: Final = b"\n"
 TO_SERVER: Final = Direction.TO_SERVER
 TO_CLIENT: Final = Direction.TO_CLIENT
 _CANCELLED: Final = "notifications/cancelled"
-#: The audit log's name for each kind of Decision.
-_DECISIONS: Final[dict[type, str]] = {Allow: "allow", Deny: "deny", Ask: "ask", Rewrite: "rewrite"}
 
 
-class Relay:
+class Relay(Malformed, Aftermath):
     """Relays one client connection to one server process until either side ends."""
 
     def __init__(
@@ -59,6 +60,7 @@ class Relay:
         *,
         redactor: Redactor | None = None,
         trail: AuditTrail | None = None,
+        approvals: ApprovalSetup | None = None,
     ) -> None:
         self._child = child
         self._policy = policy
@@ -72,6 +74,11 @@ class Relay:
         self._report = self._stderr.report
         if trail is not None:
             trail.report = self._report
+        self._broker: Broker | None = None
+        if approvals is not None:
+            from mcpshield.approval.broker import Broker
+
+            self._broker = Broker(approvals, self._approved, self._disapproved, self._report)
         self._on_stderr_data = self._stderr.server_data
         self._on_stderr_eof = self._stderr.server_eof
         self._client_in_fd = client_in
@@ -106,6 +113,8 @@ class Relay:
         try:
             async with anyio.create_task_group() as tg:
                 self._shutdown.watch(loop, tg)
+                if self._broker is not None:
+                    self._broker.start(tg)
                 await self._shutdown.child_gone.wait()
                 with anyio.move_on_after(STDOUT_DRAIN_S):
                     await self._server_eof.wait()
@@ -203,6 +212,9 @@ class Relay:
             if entry is None:
                 self._refuse_duplicate(msg, self._to_client)
                 return
+            if msg.method == "initialize" and self._broker is not None:
+                info = msg.params.get("clientInfo")
+                self._broker.client_is(info.get("name") if isinstance(info, dict) else None)
             if msg.method == "tools/call" and self._policy.catalog_needed(msg) and self._hold(msg, entry):
                 return
             self._dispatch(msg, TO_SERVER, entry)
@@ -212,32 +224,6 @@ class Relay:
             if msg.method == _CANCELLED:
                 self._note_cancel(msg, self._client_ledger)
             self._dispatch(msg, TO_SERVER, None)
-
-    def _client_failure(self, failure: DecodeFailure, line: bytes) -> None:
-        excerpt = self._stderr.excerpt(failure, line)
-        self._report(f"refused a message from the client: {failure.reason}: {excerpt}")
-        if self._trail is not None:
-            self._trail.refused_input("client", failure.reason, excerpt)
-        if failure.kind is NOTIFICATION:
-            return
-        if failure.kind is RESPONSE:
-            entry = self._server_ledger.close(failure.id) if failure.id is not None else None
-            if entry is not None:
-                # The server asked; answer it in the client's stead so it does not wait forever.
-                self._to_server.append(
-                    jsonrpc.error_response(
-                        entry.id, failure.code, f"mcpshield refused the client's answer: {failure.reason}"
-                    )
-                )
-            return
-        self._to_client.append(jsonrpc.error_response(failure.id, failure.code, failure.reason))
-
-    def _client_oversized(self, line: Oversized) -> None:
-        reason = f"message of {line.size} bytes is over mcpshield's limit of {jsonrpc.MAX_MESSAGE_BYTES} bytes"
-        self._report(f"refused a message from the client: {reason}")
-        if self._trail is not None:
-            self._trail.refused_input("client", reason, "")
-        self._to_client.append(jsonrpc.error_response(jsonrpc.salvage_id(line), jsonrpc.INVALID_REQUEST, reason))
 
     def _on_client_eof(self) -> None:
         self._shutdown.begin("the client closed mcpshield's stdin")
@@ -268,53 +254,6 @@ class Relay:
                 self._note_cancel(msg, self._server_ledger)
             self._dispatch(msg, TO_CLIENT, None)
 
-    def _server_failure(self, failure: DecodeFailure, line: bytes) -> None:
-        excerpt = self._stderr.excerpt(failure, line)
-        if self._trail is not None:
-            self._trail.refused_input("server", failure.reason, excerpt)
-        if failure.code == jsonrpc.PARSE_ERROR:
-            self._report(f"kept non-JSON server output off the client's stdout: {excerpt}")
-            return
-        self._report(f"refused a message from the server: {failure.reason}: {excerpt}")
-        if failure.id is None:
-            return
-        if failure.kind is RESPONSE:
-            entry = self._waiting_client(failure.id)
-            if entry is not None:
-                self._to_client.append(
-                    jsonrpc.error_response(
-                        entry.id, jsonrpc.INTERNAL_ERROR, f"mcpshield refused the server's answer: {failure.reason}"
-                    )
-                )
-        elif failure.kind is REQUEST:
-            self._to_server.append(jsonrpc.error_response(failure.id, failure.code, failure.reason))
-
-    def _server_oversized(self, line: Oversized) -> None:
-        reason = (
-            f"the server's message of {line.size} bytes is over mcpshield's limit of {jsonrpc.MAX_MESSAGE_BYTES} bytes"
-        )
-        self._report(f"refused a message from the server: {reason}")
-        if self._trail is not None:
-            self._trail.refused_input("server", reason, "")
-        entry = self._waiting_client(jsonrpc.salvage_id(line))
-        if entry is not None:
-            self._to_client.append(jsonrpc.error_response(entry.id, jsonrpc.INTERNAL_ERROR, reason))
-
-    def _waiting_client(self, msg_id: JsonId | None) -> Entry | None:
-        """The client's request a refused answer from the server was for, if the client still
-        waits for it (closed then); None if nobody is to be told."""
-        entry = self._client_ledger.answer(msg_id) if msg_id is not None else None
-        if entry is None or entry.cancelled:
-            return None
-        if entry.held:
-            self._report_guess(entry.id)
-            return None
-        if entry.own:  # mcpshield's own tools/list: judge the held calls without it
-            if self._fetch.owns(entry.id):
-                self._judge_held(self._fetch.release())
-            return None
-        return entry
-
     # -- both ways ----------------------------------------------------------------------
 
     def _response(self, msg: Message, ledger: Ledger, direction: Direction) -> None:
@@ -341,9 +280,6 @@ class Relay:
             redactions = 0
         if entry.audit is not None:
             self._audit_answer(msg, entry, redactions)
-
-    def _report_guess(self, msg_id: JsonId) -> None:
-        self._report(f"dropped a response from the server to id {msg_id!r}: mcpshield holds that call, unsent")
 
     # -- tool calls held for the server's tool list (see mcpshield.catalog) -------------
 
@@ -401,6 +337,8 @@ class Relay:
         request_id = msg.params.get("requestId")
         if isinstance(request_id, str | int) and not isinstance(request_id, bool):
             entry = ledger.cancel(request_id, self._now)
+            if entry is not None and self._broker is not None and ledger is self._client_ledger:
+                self._broker.cancelled(entry)
             if entry is not None and entry.audit is not None and self._trail is not None:
                 self._trail.ended(entry, "cancelled", self._now)
 
@@ -418,8 +356,10 @@ class Relay:
             return 0
         else:
             assert isinstance(decision, Ask)
-            # Until an approval channel exists, nobody can answer: refuse, as a timeout would.
-            self._refuse(msg, direction, answers.no_approver(msg, decision.prompt), None)
+            if self._broker is not None and entry is not None and direction is TO_SERVER and msg.method == "tools/call":
+                self._broker.ask(msg, entry, decision.rule, decision.prompt)  # waits; the rest goes on
+            else:  # no channel reaches a person for this (a server's request, a resource): refuse
+                self._refuse(msg, direction, answers.no_approver(msg, decision.prompt), None)
             return 0
         count = 0
         if self._redactor is not None and direction is TO_CLIENT and entry is not None and entry.audit is not None:
@@ -441,33 +381,6 @@ class Relay:
             return self._audited(msg, direction, entry, decision)
         return decision
 
-    # -- the audit log (see mcpshield.audit.trail) --------------------------------------
-
-    def _audited(self, msg: Message, direction: Direction, entry: Entry, decision: Decision) -> Decision:
-        """Starts a request's audit event, or notes what was decided about its answer. While the
-        log cannot be written and the profile says stop, every request but ping is refused."""
-        trail = self._trail
-        assert trail is not None
-        if msg.kind is REQUEST:
-            stopped = trail.stops_calls
-            if stopped is not None and msg.method != "ping":
-                decision = Deny(answers.log_failed(stopped), None, "audit.on_log_failure")
-                self._report(f"refused a request: the audit log cannot be written ({stopped})")
-            elif msg.method == "initialize":
-                self._initialize = msg.params
-            name = _DECISIONS[type(decision)]
-            entry.audit = trail.decided(msg, direction is TO_SERVER, name, decision.rule)
-        elif type(decision) is not Allow and entry.audit is not None:
-            trail.response_decided(entry, _DECISIONS[type(decision)], decision.rule)
-        return decision
-
-    def _audit_answer(self, msg: Message, entry: Entry, redactions: int) -> None:
-        trail = self._trail
-        assert trail is not None and entry.audit is not None
-        trail.answered(entry, msg, self._now, redactions)
-        if entry.method == "initialize" and type(msg.body.get("result")) is dict:
-            trail.initialized(self._initialize, msg.body["result"])
-
     def _refuse(self, msg: Message, direction: Direction, reason: str, code: int | None) -> None:
         """Answers whoever waits on a refused message; the other side never sees it."""
         back = self._to_client if direction is TO_SERVER else self._to_server
@@ -481,38 +394,6 @@ class Relay:
             # The requester is on the far side: it gets an error instead of the refused answer.
             forward = self._to_server if direction is TO_SERVER else self._to_client
             forward.append(jsonrpc.error_response(msg.id, code or jsonrpc.INTERNAL_ERROR, reason))
-
-    def _refuse_duplicate(self, msg: Message, back: list[bytes]) -> None:
-        reason = f"request id {msg.id!r} is already in flight (or too many requests are)"
-        self._report(f"refused a request: {reason}")
-        back.append(jsonrpc.error_response(msg.id, jsonrpc.INVALID_REQUEST, reason))
-
-    def _internal_error(self, exc: Exception, line: bytes | Oversized, direction: Direction) -> None:
-        """Refuses a message whose handling failed; whoever waits on it gets an error: the
-        sender of a request, the requester (on the far side) of a response."""
-        self._report(f"internal error ({type(exc).__name__}: {exc}); the message was not forwarded")
-        decoded = jsonrpc.decode(line) if type(line) is bytes else None
-        if type(decoded) is not Message or decoded.id is None:
-            return
-        text = "mcpshield failed to check this message"
-        if decoded.kind is REQUEST:
-            ledger = self._client_ledger if direction is TO_SERVER else self._server_ledger
-            self._audit_end(ledger.close(decoded.id), "refused")
-            back = self._to_client if direction is TO_SERVER else self._to_server
-            back.append(jsonrpc.error_response(decoded.id, jsonrpc.INTERNAL_ERROR, text))
-        elif decoded.kind is RESPONSE:
-            # Failed before _response took it from the ledger (after that, _response answers).
-            ledger = self._client_ledger if direction is TO_CLIENT else self._server_ledger
-            entry = ledger.answer(decoded.id)
-            self._audit_end(entry, "error")
-            if entry is not None and not (entry.held or entry.cancelled or entry.own):
-                forward = self._to_client if direction is TO_CLIENT else self._to_server
-                forward.append(jsonrpc.error_response(entry.id, jsonrpc.INTERNAL_ERROR, text))
-
-    def _audit_end(self, entry: Entry | None, outcome: str) -> None:
-        """Records a request that ended without its answer passing (an internal error)."""
-        if entry is not None and entry.audit is not None and self._trail is not None:
-            self._trail.ended(entry, outcome, self._now)
 
     def _flush(self) -> None:
         if self._to_server:

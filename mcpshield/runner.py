@@ -17,6 +17,7 @@ from mcpshield.relay import Relay
 from mcpshield.supervisor import Child, LaunchSpec
 
 if TYPE_CHECKING:
+    from mcpshield.approval.broker import ApprovalSetup
     from mcpshield.audit.trail import AuditTrail, Recording
     from mcpshield.audit.writer import AuditLog
     from mcpshield.policy.redact import Redactor
@@ -40,6 +41,8 @@ class RunConfig:
     #: Hides the values the profile's [env] injected; None when it injected none.
     redactor: Redactor | None = None
     audit: AuditConfig | None = None
+    #: Where calls the profile says to `ask` about are put to a person; None: no profile.
+    approvals: ApprovalSetup | None = None
 
 
 def run_server(config: RunConfig) -> int:
@@ -52,7 +55,7 @@ def run_server(config: RunConfig) -> int:
     why = "mcpshield failed"
     try:
         child = Child(config.launch)
-        relay = Relay(child, config.policy, redactor=config.redactor, trail=trail)
+        relay = Relay(child, config.policy, redactor=config.redactor, trail=trail, approvals=config.approvals)
         try:
             status = anyio.run(relay.run, backend="asyncio", backend_options=_loop_options())
             why = relay.why_ended

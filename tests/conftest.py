@@ -26,13 +26,19 @@ EXIT_TIMEOUT_S: Final = 10.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Every `mcpshield run` a test starts writes its audit log under the test run's own folder,
-    never the user's; tests of the log itself point MCPSHIELD_LOG_DIR at their tmp_path."""
+    """Every `mcpshield run` a test starts writes its audit log under the test run's own folder and
+    looks for an approver there, never the user's; tests of either point the variables at their
+    own tmp_path."""
     if "MCPSHIELD_LOG_DIR" not in os.environ:
         import tempfile
 
         os.environ["MCPSHIELD_LOG_DIR"] = _TEST_LOGS = tempfile.mkdtemp(prefix="mcpshield-test-logs-")
         config.add_cleanup(lambda: shutil.rmtree(_TEST_LOGS, ignore_errors=True))
+    if "MCPSHIELD_APPROVER_DIR" not in os.environ:  # nor ask the user's own approver
+        import tempfile
+
+        os.environ["MCPSHIELD_APPROVER_DIR"] = _TEST_APPROVER = tempfile.mkdtemp(prefix="mcpshield-test-approver-")
+        config.add_cleanup(lambda: shutil.rmtree(_TEST_APPROVER, ignore_errors=True))
 
 
 INIT_PARAMS: Final = {

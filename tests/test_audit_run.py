@@ -133,12 +133,9 @@ def test_every_call_is_recorded_with_its_decision_rule_and_outcome(shield: Shiel
     assert len(echo["args_sha256"]) == 64
     assert echo["latency_us"] > 0
     asked = calls[3]
-    assert (asked["decision"], asked["rule"], asked["outcome"], asked["approval"]) == (
-        "ask",
-        "tools.ask",
-        "refused",
-        None,
-    )
+    assert (asked["decision"], asked["rule"], asked["outcome"]) == ("ask", "tools.ask", "refused")
+    assert asked["approval"]["decision"] == "unavailable"  # no approver runs in this test
+    assert "`mcpshield approvals`" in asked["reason"]
     ruled = calls[4]  # no rule's conditions held: the default decided, saying what the rule wants
     assert (ruled["decision"], ruled["rule"], ruled["outcome"]) == ("deny", "tools.default", "refused")
     assert "/tmp/public" in ruled["reason"]

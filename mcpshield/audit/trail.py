@@ -71,21 +71,24 @@ class AuditTrail:
         counts[decision] = counts.get(decision, 0) + 1
         method = msg.method
         target = msg.params.get(TARGETS[method]) if method in TARGETS else None
-        return [to_server, decision, rule, target, None]  # the last: what was decided of the answer
+        return [to_server, decision, rule, target, None, None]  # then: what of the answer; the approval
 
     def withdrawn(self, entry: Entry, now: float) -> None:
         """Records a request its sender cancelled before anything was decided (a call held for
         the server's tool list): no decision, outcome cancelled."""
-        entry.audit = [True, None, None, None, None]
+        entry.audit = [True, None, None, None, None, None]
         self.ended(entry, "cancelled", now)
 
-    def refused(self, entry: Entry, reason: str, now: float, approval: dict[str, Any] | None = None) -> None:
+    def refused(self, entry: Entry, reason: str, now: float) -> None:
         """Records a request mcpshield answered itself."""
         event = self._event(entry, "refused", True, now, 0)
         event["reason"] = reason
-        if event["decision"] == "ask":
-            event["approval"] = approval
         self._log.record("request", event)
+
+    def approval(self, entry: Entry, approval: dict[str, Any]) -> None:
+        """Notes how a person (or this session's earlier approval) decided an `ask`."""
+        assert entry.audit is not None
+        entry.audit[5] = approval
 
     def answered(self, entry: Entry, msg: Message, now: float, redactions: int) -> None:
         """Records a request whose answer is on its way back; `msg` is the answer as received."""
@@ -135,6 +138,8 @@ class AuditTrail:
             event["target"] = kept[3]
         if kept[4] is not None:
             event["response_decision"], event["response_rule"] = kept[4]
+        if kept[1] == "ask":
+            event["approval"] = kept[5]  # null: nobody could be asked
         return event
 
     def hand_over(self) -> None:

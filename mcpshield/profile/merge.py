@@ -31,7 +31,7 @@ def merge(base: Profile, ext: Profile) -> Profile:
     | limits.* (numbers)          | the smaller where both set one, else whichever set one      |
     | limits.tools                | union of the globs; the smaller number where both have one  |
     | env                         | union; ext's value where both name a variable               |
-    | audit.*                     | each key ext's where set, else base's                       |
+    | audit.*, approval.*         | each key ext's where set, else base's                       |
     | extends                     | ext's                                                       |
 
     The policy additionally consults every earlier profile of the chain and keeps the strictest
@@ -48,6 +48,7 @@ def merge(base: Profile, ext: Profile) -> Profile:
         server_requests=_override(base.server_requests, ext.server_requests),
         limits=_limits(base.limits, ext.limits),
         audit=_override(base.audit, ext.audit),
+        approval=_override(base.approval, ext.approval),
         env={**base.env, **ext.env},
     )
 

@@ -188,6 +188,14 @@ class AuditSection(_Model):
     then on, "continue" goes on without a log (one line on stderr says so)."""
 
 
+class ApprovalSection(_Model):
+    """How a call the profile says to `ask` about is put to a person (see docs/approvals.md)."""
+
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = 45
+    """How long a call waits for a decision before it is refused. Below the ~60 s after which
+    Claude Desktop and other TypeScript-SDK clients give up on a call."""
+
+
 class Profile(_Model):
     """One server's least-privilege policy."""
 
@@ -204,6 +212,7 @@ class Profile(_Model):
     server_requests: ServerRequestsSection = Field(default_factory=ServerRequestsSection)
     limits: LimitsSection = Field(default_factory=LimitsSection)
     audit: AuditSection = Field(default_factory=AuditSection)
+    approval: ApprovalSection = Field(default_factory=ApprovalSection)
     env: dict[str, str] = Field(default_factory=dict)
     """Variables the server gets on top of the minimal environment, each `keyring:SECRET` (a
     secret from the OS keyring, see `mcpshield secret set`), `env:VAR` (from mcpshield's own

@@ -1,0 +1,95 @@
+"""What follows a decision, outside the message path proper: approvals' outcomes reaching the
+relay, and the audit log's side of every request (see mcpshield.audit.trail).
+
+A mixin of `Relay`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from mcpshield import answers
+from mcpshield.jsonrpc import REQUEST, Message
+from mcpshield.ledger import Entry, Ledger
+from mcpshield.policy import Allow, Ask, Decision, Deny, Direction, Rewrite
+
+if TYPE_CHECKING:
+    from mcpshield.audit.trail import AuditTrail
+    from mcpshield.shutdown import Shutdown
+
+TO_SERVER: Final = Direction.TO_SERVER
+_NL: Final = b"\n"
+#: The audit log's name for each kind of Decision.
+_DECISIONS: Final[dict[type, str]] = {Allow: "allow", Deny: "deny", Ask: "ask", Rewrite: "rewrite"}
+
+
+class Aftermath:
+    """What `Relay` provides, and the handlers it gets from here."""
+
+    _report: Callable[[str], None]
+    _trail: AuditTrail | None
+    _to_server: list[bytes]
+    _client_ledger: Ledger
+    _shutdown: Shutdown
+    _now: float
+    _initialize: dict[str, object]
+    # Methods of Relay, declared only: a stub here would shadow them.
+    _flush: Callable[[], None]
+    _refuse: Callable[[Message, Direction, str, int | None], None]
+
+    # -- approvals (see mcpshield.approval.broker) --------------------------------------
+
+    def _approved(self, msg: Message, entry: Entry, approval: dict[str, object]) -> None:
+        """A person approved a waiting call: it goes to the server now."""
+        if self._still_waiting(entry, approval):
+            self._to_server.append(msg.raw)
+            self._to_server.append(_NL)
+            self._flush()
+
+    def _disapproved(self, msg: Message, entry: Entry, reason: str, approval: dict[str, object]) -> None:
+        """A waiting call was denied, timed out, or nobody could be asked: the client is told why."""
+        if self._still_waiting(entry, approval):
+            self._refuse(msg, TO_SERVER, reason, None)
+            self._flush()
+
+    def _still_waiting(self, entry: Entry, approval: dict[str, object]) -> bool:
+        if entry.cancelled or self._client_ledger.get(entry.id) is not entry or self._shutdown.started:
+            return False
+        self._now = time.monotonic()
+        if entry.audit is not None and self._trail is not None:
+            self._trail.approval(entry, approval)
+        return True
+
+    # -- the audit log (see mcpshield.audit.trail) --------------------------------------
+
+    def _audited(self, msg: Message, direction: Direction, entry: Entry, decision: Decision) -> Decision:
+        """Starts a request's audit event, or notes what was decided about its answer. While the
+        log cannot be written and the profile says stop, every request but ping is refused."""
+        trail = self._trail
+        assert trail is not None
+        if msg.kind is REQUEST:
+            stopped = trail.stops_calls
+            if stopped is not None and msg.method != "ping":
+                decision = Deny(answers.log_failed(stopped), None, "audit.on_log_failure")
+                self._report(f"refused a request: the audit log cannot be written ({stopped})")
+            elif msg.method == "initialize":
+                self._initialize = msg.params
+            name = _DECISIONS[type(decision)]
+            entry.audit = trail.decided(msg, direction is TO_SERVER, name, decision.rule)
+        elif type(decision) is not Allow and entry.audit is not None:
+            trail.response_decided(entry, _DECISIONS[type(decision)], decision.rule)
+        return decision
+
+    def _audit_answer(self, msg: Message, entry: Entry, redactions: int) -> None:
+        trail = self._trail
+        assert trail is not None and entry.audit is not None
+        trail.answered(entry, msg, self._now, redactions)
+        if entry.method == "initialize" and type(msg.body.get("result")) is dict:
+            trail.initialized(self._initialize, msg.body["result"])
+
+    def _audit_end(self, entry: Entry | None, outcome: str) -> None:
+        """Records a request that ended without its answer passing (an internal error)."""
+        if entry is not None and entry.audit is not None and self._trail is not None:
+            self._trail.ended(entry, outcome, self._now)

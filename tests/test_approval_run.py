@@ -1,0 +1,210 @@
+"""Tier 2: calls a profile says to `ask` about wait for a person at `mcpshield approvals --json`.
+
+`mcpshield run` wraps the fake server under a profile that asks about `write_file`; a real
+approver process, driven through its scriptable mode, decides. The call runs only once approved,
+other traffic goes on while it waits, and every ending (deny, timeout, cancel, no approver)
+reaches the client as a refusal the model can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, LineClient, environ_with, fake_argv
+
+Shield = Callable[..., LineClient]
+JSON = dict[str, Any]
+
+#: Bound on the approver starting, and on each line it prints once something caused it.
+LINE_TIMEOUT_S = 15.0
+
+PROFILE = """
+[tools]
+allow = ["echo", "sleep"]
+ask = ["write_file"]
+
+[approval]
+timeout_s = {timeout}
+"""
+
+
+class Approver:
+    """`mcpshield approvals --json` as a subprocess: stdout lines as JSON, decisions on stdin."""
+
+    def __init__(self, directory: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mcpshield", "approvals", "--json"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=environ_with(MCPSHIELD_APPROVER_DIR=str(directory)),
+            cwd=ROOT,
+        )
+        self._lines: queue.Queue[bytes] = queue.Queue()
+        self._notes: queue.Queue[bytes] = queue.Queue()
+        assert self.process.stdout is not None and self.process.stderr is not None
+        self._pumps = [
+            threading.Thread(target=_pump, args=(stream, sink), daemon=True)
+            for stream, sink in ((self.process.stdout, self._lines), (self.process.stderr, self._notes))
+        ]
+        for pump in self._pumps:
+            pump.start()
+        while b"listening on" not in self._notes.get(timeout=LINE_TIMEOUT_S):
+            pass
+
+    def line(self) -> JSON:
+        body: JSON = json.loads(self._lines.get(timeout=LINE_TIMEOUT_S))
+        return body
+
+    def decide(self, request_id: str, decision: str, reason: str | None = None) -> None:
+        assert self.process.stdin is not None
+        line = json.dumps({"id": request_id, "decision": decision, "reason": reason})
+        self.process.stdin.write(line.encode() + b"\n")
+        self.process.stdin.flush()
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=LINE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for pump in self._pumps:  # they end at the pipes' end, which the exit brought
+            pump.join(timeout=LINE_TIMEOUT_S)
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+def _pump(stream: Any, sink: queue.Queue[bytes]) -> None:
+    for line in stream:
+        sink.put(line)
+
+
+@pytest.fixture
+def approver_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "approver"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+@pytest.fixture
+def approver(approver_dir: Path) -> Iterator[Approver]:
+    running = Approver(approver_dir)
+    yield running
+    running.stop()
+
+
+def _wrapped(shield: Shield, tmp_path: Path, approver_dir: Path, timeout: float = 30) -> LineClient:
+    profile = tmp_path / "ask.toml"
+    profile.write_text(PROFILE.format(timeout=timeout))
+    env = environ_with(MCPSHIELD_APPROVER_DIR=str(approver_dir))
+    client = shield(*fake_argv(), flags=["--profile", str(profile)], env=env)
+    client.initialize()
+    client.request(1, "tools/list")  # the catalog first, so calls are judged at once
+    client.answer_for(1)
+    return client
+
+
+def _write(client: LineClient, request_id: int, path: Path, content: str = "approved") -> None:
+    client.call(request_id, "write_file", {"path": str(path), "content": content})
+
+
+def _waiting_call(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver, timeout: float = 30
+) -> tuple[LineClient, Path, JSON]:
+    """A wrapper whose client called write_file (id 2), the file it would write, and the
+    request as the approver shows it."""
+    client = _wrapped(shield, tmp_path, approver_dir, timeout)
+    target = tmp_path / "out.txt"
+    _write(client, 2, target)
+    return client, target, approver.line()
+
+
+def _text(answer: JSON) -> str:
+    text: str = answer["result"]["content"][0]["text"]
+    return text
+
+
+def test_an_approved_call_runs_and_other_traffic_goes_on_while_it_waits(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver)
+    assert (pending["tool"], pending["arguments"]["path"], pending["rule"]) == ("write_file", str(target), "tools.ask")
+    assert pending["server"].endswith("fake_server.py") and pending["client"] == "tests"
+    assert not target.exists()  # nothing ran yet
+    client.call(3, "echo", {"text": "meanwhile"})
+    assert _text(client.answer_for(3)) == "meanwhile"  # a waiting call blocks nothing else
+    approver.decide(pending["id"], "once")
+    assert approver.line() == {"id": pending["id"], "resolved": "once"}
+    assert not client.answer_for(2)["result"].get("isError")
+    assert target.read_text() == "approved"
+
+
+def test_a_denied_call_never_runs_and_the_model_reads_why(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver)
+    approver.decide(pending["id"], "deny", "not into my home directory")
+    answer = client.answer_for(2)
+    assert answer["result"]["isError"] is True
+    assert _text(answer) == (
+        "mcpshield refused this call: the user denied write_file in `mcpshield approvals`: not into my home directory"
+    )
+    assert not target.exists()
+
+
+def test_a_session_approval_covers_the_same_call_again_but_no_other(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver)
+    approver.decide(pending["id"], "session")
+    approver.line()  # resolved
+    assert not client.answer_for(2)["result"].get("isError")
+    _write(client, 3, target)  # the same tool and arguments: approved for this session
+    assert not client.answer_for(3)["result"].get("isError")
+    _write(client, 4, target, content="something else")  # other arguments: asked again
+    assert approver.line()["arguments"]["content"] == "something else"
+
+
+def test_nobody_answering_refuses_the_call_when_the_timeout_ends(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver, timeout=1)
+    answer = client.answer_for(2)
+    assert "the user did not answer within 1 s" in _text(answer)
+    assert "`mcpshield approvals`" in _text(answer)
+    assert approver.line() == {"id": pending["id"], "resolved": "timeout"}
+    approver.decide(pending["id"], "once")  # too late: it runs nothing
+    assert "error" in approver.line()
+    assert not target.exists()
+
+
+def test_a_cancelled_call_is_withdrawn_from_the_approver_and_never_runs(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver)
+    client.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+    assert approver.line() == {"id": pending["id"], "resolved": "cancelled"}
+    client.call(3, "echo", {"text": "after"})
+    client.answer_for(3)
+    assert not any(message.get("id") == 2 for message in client.skipped)  # no answer to a cancelled call
+    assert not target.exists()
+
+
+def test_without_an_approver_the_call_is_refused_at_once_naming_the_command(
+    shield: Shield, tmp_path: Path, approver_dir: Path
+) -> None:
+    client = _wrapped(shield, tmp_path, approver_dir)
+    _write(client, 2, tmp_path / "out.txt")
+    text = _text(client.answer_for(2, timeout=5))
+    assert "no approver is available" in text
+    assert "run `mcpshield approvals` in a terminal" in text
