@@ -240,7 +240,8 @@ def _run(args: argparse.Namespace) -> int:
     sys.stderr.write(f"mcpshield: enforcing profile {loaded.name} ({loaded.source})\n")
     from mcpshield.approval.broker import ApprovalSetup
 
-    approvals = ApprovalSetup(loaded.name, shlex.join(command), loaded.profile.approval.timeout_s)
+    approval = loaded.profile.approval
+    approvals = ApprovalSetup(loaded.name, shlex.join(command), approval.timeout_s, approval.elicitation)
     launch = LaunchSpec(tuple(command), env)
     return run_server(RunConfig(launch=launch, policy=policy, redactor=redactor, audit=audit, approvals=approvals))
 

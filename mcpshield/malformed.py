@@ -11,11 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
 from mcpshield import jsonrpc
+from mcpshield.approval.elicit import is_own_id
 from mcpshield.jsonrpc import NOTIFICATION, REQUEST, RESPONSE, DecodeFailure, JsonId, Message, Oversized
 from mcpshield.ledger import Entry, Ledger
 from mcpshield.policy import Direction
 
 if TYPE_CHECKING:
+    from mcpshield.approval.broker import Broker
     from mcpshield.audit.trail import AuditTrail
     from mcpshield.catalog import CatalogFetch
     from mcpshield.stderr import Stderr
@@ -35,6 +37,7 @@ class Malformed:
     _client_ledger: Ledger
     _server_ledger: Ledger
     _fetch: CatalogFetch
+    _broker: Broker | None
     # Methods of Relay (or its other mixin), declared only: a stub here would shadow them.
     _judge_held: Callable[[list[tuple[Message, Entry]]], None]
     _audit_end: Callable[[Entry | None, str], None]
@@ -48,7 +51,10 @@ class Malformed:
             return
         if failure.kind is RESPONSE:
             entry = self._server_ledger.close(failure.id) if failure.id is not None else None
-            if entry is not None:
+            if entry is not None and entry.own:  # an answer to mcpshield's elicitation: no decision
+                if self._broker is not None:
+                    self._broker.elicited(entry.id, None)
+            elif entry is not None:
                 # The server asked; answer it in the client's stead so it does not wait forever.
                 self._to_server.append(
                     jsonrpc.error_response(
@@ -117,6 +123,8 @@ class Malformed:
 
     def _refuse_duplicate(self, msg: Message, back: list[bytes]) -> None:
         reason = f"request id {msg.id!r} is already in flight (or too many requests are)"
+        if is_own_id(msg.id):
+            reason = f"request id {msg.id!r} is reserved for mcpshield's own requests to the client"
         self._report(f"refused a request: {reason}")
         back.append(jsonrpc.error_response(msg.id, jsonrpc.INVALID_REQUEST, reason))
 

@@ -20,6 +20,7 @@ import orjson
 
 from mcpshield import answers, jsonrpc
 from mcpshield.aftermath import Aftermath
+from mcpshield.approval.elicit import is_own_id
 from mcpshield.catalog import FETCH_TIMEOUT_S, CatalogFetch
 from mcpshield.fdio import FdReader, FdWriter, is_pollable
 from mcpshield.jsonrpc import REQUEST, RESPONSE, DecodeFailure, Message, Oversized
@@ -74,17 +75,19 @@ class Relay(Malformed, Aftermath):
         self._report = self._stderr.report
         if trail is not None:
             trail.report = self._report
+        self._client_ledger = Ledger()  # the client's requests, awaiting the server
+        self._server_ledger = Ledger()  # the server's requests (and mcpshield's), awaiting the client
         self._broker: Broker | None = None
         if approvals is not None:
             from mcpshield.approval.broker import Broker
+            from mcpshield.approval.elicit import Elicitor
 
-            self._broker = Broker(approvals, self._approved, self._disapproved, self._report)
+            elicitor = Elicitor(self._server_ledger, self._to_client_now, time.monotonic)
+            self._broker = Broker(approvals, self._approved, self._disapproved, self._report, elicitor)
         self._on_stderr_data = self._stderr.server_data
         self._on_stderr_eof = self._stderr.server_eof
         self._client_in_fd = client_in
         self._client_out_fd = client_out
-        self._client_ledger = Ledger()  # the client's requests, awaiting the server
-        self._server_ledger = Ledger()  # the server's requests, awaiting the client
         self._from_client = jsonrpc.LineFramer()
         self._from_server = jsonrpc.LineFramer()
         self._to_server: list[bytes] = []
@@ -213,8 +216,7 @@ class Relay(Malformed, Aftermath):
                 self._refuse_duplicate(msg, self._to_client)
                 return
             if msg.method == "initialize" and self._broker is not None:
-                info = msg.params.get("clientInfo")
-                self._broker.client_is(info.get("name") if isinstance(info, dict) else None)
+                self._broker.initialize(msg.params)
             if msg.method == "tools/call" and self._policy.catalog_needed(msg) and self._hold(msg, entry):
                 return
             self._dispatch(msg, TO_SERVER, entry)
@@ -244,8 +246,8 @@ class Relay(Malformed, Aftermath):
         if kind is RESPONSE:
             self._response(msg, self._client_ledger, TO_CLIENT)
         elif kind is REQUEST:
-            entry = self._server_ledger.open(msg, self._now)
-            if entry is None:
+            entry = None if is_own_id(msg.id) else self._server_ledger.open(msg, self._now)
+            if entry is None:  # (mcpshield's own ids are refused: a late answer could reach the server)
                 self._refuse_duplicate(msg, self._to_server)
                 return
             self._dispatch(msg, TO_CLIENT, entry)
@@ -303,8 +305,18 @@ class Relay(Malformed, Aftermath):
             self._loop.call_later(FETCH_TIMEOUT_S, self._fetch_timed_out, fetch.generation)
         return True
 
+    def _to_client_now(self, data: bytes) -> None:
+        self._to_client.append(data)
+        self._flush()
+
     def _own_answer(self, msg: Message, entry: Entry) -> None:
-        """The server's tool list, asked for by mcpshield: the policy learns it; the client never sees it."""
+        """The answer to mcpshield's own request: the client's user deciding about a call (see
+        mcpshield.approval.elicit), or the server's tool list, which the policy learns; the
+        other side never sees it."""
+        if entry.method == "elicitation/create":
+            if self._broker is not None:
+                self._broker.elicited(entry.id, msg.body.get("result"))
+            return
         if "result" in msg.body:
             self._decide(msg, TO_CLIENT, entry)
         else:
@@ -326,7 +338,7 @@ class Relay(Malformed, Aftermath):
             if entry.cancelled:
                 ledger.discard(entry)  # withdrawn: never sent (its id may have been reused since)
                 if self._trail is not None:
-                    self._trail.withdrawn(entry, self._now)
+                    self._trail.undecided(entry, "cancelled", self._now)
                 continue
             try:
                 self._dispatch(msg, TO_SERVER, entry)
@@ -439,8 +451,12 @@ class Relay(Malformed, Aftermath):
         for entry in self._client_ledger.drain():
             if not entry.cancelled and not entry.own:
                 self._to_client.append(jsonrpc.error_response(entry.id, jsonrpc.SERVER_ERROR, reason))
-            if entry.audit is not None and trail is not None:
-                trail.ended(entry, "unanswered" if self._shutdown.started else "server_exited", self._now)
+            if trail is not None and not entry.own:
+                outcome = "unanswered" if self._shutdown.started else "server_exited"
+                if entry.audit is not None:
+                    trail.ended(entry, outcome, self._now)
+                elif entry.held:  # still held for the tool list: never decided
+                    trail.undecided(entry, "cancelled" if entry.cancelled else outcome, self._now)
         for entry in self._server_ledger.drain():  # the server's requests the client never answered
             if entry.audit is not None and trail is not None:
                 trail.ended(entry, "unanswered", self._now)

@@ -28,11 +28,12 @@ LINE_TIMEOUT_S = 15.0
 
 PROFILE = """
 [tools]
-allow = ["echo", "sleep"]
+allow = ["echo", "sleep", "emit"]
 ask = ["write_file"]
 
 [approval]
 timeout_s = {timeout}
+elicitation = {elicitation}
 """
 
 
@@ -103,9 +104,12 @@ def approver(approver_dir: Path) -> Iterator[Approver]:
     running.stop()
 
 
-def _wrapped(shield: Shield, tmp_path: Path, approver_dir: Path, timeout: float = 30) -> LineClient:
+def _wrapped(
+    shield: Shield, tmp_path: Path, approver_dir: Path, timeout: float = 30, elicitation: bool = False
+) -> LineClient:
+    """The terminal channel alone unless `elicitation`: the test client declares elicitation."""
     profile = tmp_path / "ask.toml"
-    profile.write_text(PROFILE.format(timeout=timeout))
+    profile.write_text(PROFILE.format(timeout=timeout, elicitation=str(elicitation).lower()))
     env = environ_with(MCPSHIELD_APPROVER_DIR=str(approver_dir))
     client = shield(*fake_argv(), flags=["--profile", str(profile)], env=env)
     client.initialize()
@@ -127,6 +131,14 @@ def _waiting_call(
     target = tmp_path / "out.txt"
     _write(client, 2, target)
     return client, target, approver.line()
+
+
+def _assert_never_answered_nor_run(client: LineClient, target: Path) -> None:
+    """Call 2 was cancelled: a later call is answered, call 2 never is, and its file is not written."""
+    client.call(3, "echo", {"text": "after"})
+    client.answer_for(3)
+    assert not any(message.get("id") == 2 for message in client.skipped)
+    assert not target.exists()
 
 
 def _text(answer: JSON) -> str:
@@ -194,10 +206,7 @@ def test_a_cancelled_call_is_withdrawn_from_the_approver_and_never_runs(
     client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver)
     client.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
     assert approver.line() == {"id": pending["id"], "resolved": "cancelled"}
-    client.call(3, "echo", {"text": "after"})
-    client.answer_for(3)
-    assert not any(message.get("id") == 2 for message in client.skipped)  # no answer to a cancelled call
-    assert not target.exists()
+    _assert_never_answered_nor_run(client, target)
 
 
 def test_without_an_approver_the_call_is_refused_at_once_naming_the_command(
@@ -208,3 +217,80 @@ def test_without_an_approver_the_call_is_refused_at_once_naming_the_command(
     text = _text(client.answer_for(2, timeout=5))
     assert "no approver is available" in text
     assert "run `mcpshield approvals` in a terminal" in text
+
+
+# -- both channels: the terminal approver and the client's elicitation race ---------------------
+
+
+def _elicitation(client: LineClient) -> JSON:
+    """mcpshield's own elicitation/create, as the client receives it."""
+    return client.read_until(lambda message: message.get("method") == "elicitation/create")
+
+
+def test_the_approver_deciding_first_withdraws_the_question_put_to_the_client(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client = _wrapped(shield, tmp_path, approver_dir, elicitation=True)
+    target = tmp_path / "out.txt"
+    _write(client, 2, target)
+    asked = _elicitation(client)
+    assert asked["id"].startswith("mcpshield-approval-")
+    approver.decide(approver.line()["id"], "once")
+    cancel = client.read_until(lambda message: message.get("method") == "notifications/cancelled")
+    assert cancel["params"]["requestId"] == asked["id"]
+    assert not client.answer_for(2)["result"].get("isError")
+    client.send({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "decline"}})  # too late: nothing
+    assert target.read_text() == "approved"
+
+
+def test_the_client_deciding_first_withdraws_the_call_from_the_approver(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client = _wrapped(shield, tmp_path, approver_dir, elicitation=True)
+    target = tmp_path / "out.txt"
+    _write(client, 2, target)
+    asked = _elicitation(client)
+    pending = approver.line()
+    client.send({"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "decline"}})
+    answer = client.answer_for(2)
+    assert "the user declined in the client" in _text(answer)
+    assert approver.line() == {"id": pending["id"], "resolved": "cancelled"}
+    assert not target.exists()
+
+
+def test_a_server_request_using_mcpshields_own_id_space_is_refused(
+    shield: Shield, tmp_path: Path, approver_dir: Path
+) -> None:
+    client = _wrapped(shield, tmp_path, approver_dir, elicitation=True)
+    request = {"jsonrpc": "2.0", "id": "mcpshield-approval-1", "method": "roots/list", "params": {}}
+    client.call(2, "emit", {"lines": [json.dumps(request).encode().hex()]})
+    client.answer_for(2)
+    assert b"reserved for mcpshield's own requests" in client.wait_stderr(b"reserved for mcpshield")
+    assert not any(message.get("method") == "roots/list" for message in client.skipped)
+
+
+def test_a_cancelled_call_withdraws_the_question_put_to_the_client(
+    shield: Shield, tmp_path: Path, approver_dir: Path
+) -> None:
+    client = _wrapped(shield, tmp_path, approver_dir, elicitation=True)  # no approver: the client alone
+    target = tmp_path / "out.txt"
+    _write(client, 2, target)
+    asked = _elicitation(client)
+    client.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 2}})
+    cancel = client.read_until(lambda message: message.get("method") == "notifications/cancelled")
+    assert cancel["params"]["requestId"] == asked["id"]
+    client.send(
+        {"jsonrpc": "2.0", "id": asked["id"], "result": {"action": "accept", "content": {"decision": "approve"}}}
+    )
+    _assert_never_answered_nor_run(client, target)
+
+
+def test_a_client_that_cannot_ask_its_user_leaves_the_call_refused_without_an_approver(
+    shield: Shield, tmp_path: Path, approver_dir: Path
+) -> None:
+    client = _wrapped(shield, tmp_path, approver_dir, elicitation=True)
+    _write(client, 2, tmp_path / "out.txt")
+    asked = _elicitation(client)
+    client.send({"jsonrpc": "2.0", "id": asked["id"], "error": {"code": -32601, "message": "no elicitation here"}})
+    text = _text(client.answer_for(2, timeout=5))
+    assert "no approver is available" in text and "`mcpshield approvals`" in text

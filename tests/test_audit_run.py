@@ -43,6 +43,9 @@ TOKEN = "env:AUDIT_TEST_TOKEN"
 
 [audit]
 record_arguments = true
+
+[approval]
+elicitation = false  # the terminal channel alone: the test client declares elicitation
 """
 TOKEN = "audit-test-token-5f1e2d3c"  # noqa: S105  made up
 

@@ -23,6 +23,9 @@ allow = ["echo", "read_file", "sleep", "needs_input", "ask_client"]
 ask = ["fetch"]
 deny = ["env"]
 
+[approval]
+elicitation = false   # the test client declares elicitation but answers none
+
 [[rules]]
 tool = "write_file"
 action = "allow"

@@ -1,3 +1,3 @@
 """Human approval of the calls a profile marks `ask`: the terminal approver (`mcpshield approvals`),
-its per-user socket, its wire protocol, and the wrapper's link to it. See docs/approvals.md.
+its per-user socket, its wire protocol, the wrapper's link to it, and MCP elicitation. See docs/approvals.md.
 """

@@ -73,11 +73,11 @@ class AuditTrail:
         target = msg.params.get(TARGETS[method]) if method in TARGETS else None
         return [to_server, decision, rule, target, None, None]  # then: what of the answer; the approval
 
-    def withdrawn(self, entry: Entry, now: float) -> None:
-        """Records a request its sender cancelled before anything was decided (a call held for
-        the server's tool list): no decision, outcome cancelled."""
+    def undecided(self, entry: Entry, outcome: str, now: float) -> None:
+        """Records a request that ended before anything was decided about it (a call held for
+        the server's tool list, then cancelled or left when the server exited): no decision."""
         entry.audit = [True, None, None, None, None, None]
-        self.ended(entry, "cancelled", now)
+        self.ended(entry, outcome, now)
 
     def refused(self, entry: Entry, reason: str, now: float) -> None:
         """Records a request mcpshield answered itself."""

@@ -194,6 +194,10 @@ class ApprovalSection(_Model):
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 45
     """How long a call waits for a decision before it is refused. Below the ~60 s after which
     Claude Desktop and other TypeScript-SDK clients give up on a call."""
+    elicitation: bool = True
+    """Also ask in the client, through MCP elicitation, when the client declared it: the first
+    answer from either channel decides. It approves one call once, never for the session or
+    always. False: only the terminal approver (`mcpshield approvals`) can approve."""
 
 
 class Profile(_Model):
