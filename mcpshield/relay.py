@@ -83,7 +83,8 @@ class Relay(Malformed, Aftermath):
             from mcpshield.approval.elicit import Elicitor
 
             elicitor = Elicitor(self._server_ledger, self._to_client_now, time.monotonic)
-            self._broker = Broker(approvals, self._approved, self._disapproved, self._report, elicitor)
+            answer = (self._approved, self._disapproved, self._report)
+            self._broker = Broker(approvals, *answer, elicitor=elicitor, notify=self._to_client_now)
         self._on_stderr_data = self._stderr.server_data
         self._on_stderr_eof = self._stderr.server_eof
         self._client_in_fd = client_in

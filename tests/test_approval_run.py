@@ -294,3 +294,21 @@ def test_a_client_that_cannot_ask_its_user_leaves_the_call_refused_without_an_ap
     client.send({"jsonrpc": "2.0", "id": asked["id"], "error": {"code": -32601, "message": "no elicitation here"}})
     text = _text(client.answer_for(2, timeout=5))
     assert "no approver is available" in text and "`mcpshield approvals`" in text
+
+
+def test_a_waiting_call_with_a_progress_token_tells_the_client_it_waits(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client = _wrapped(shield, tmp_path, approver_dir)
+    target = tmp_path / "out.txt"
+    arguments = {"path": str(target), "content": "approved"}
+    client.request(2, "tools/call", {"name": "write_file", "arguments": arguments, "_meta": {"progressToken": "p-2"}})
+    pending = approver.line()
+    first = client.read_until(lambda m: m.get("method") == "notifications/progress")
+    assert first["params"]["progressToken"] == "p-2" and first["params"]["progress"] == 0
+    assert "waiting for the user to approve write_file" in first["params"]["message"]
+    again = client.read_until(lambda m: m.get("method") == "notifications/progress")  # every 5 s
+    assert again["params"]["progress"] > first["params"]["progress"]
+    approver.decide(pending["id"], "once")
+    assert not client.answer_for(2)["result"].get("isError")
+    assert target.read_text() == "approved"

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 import anyio.abc
+import orjson
 
 from mcpshield.approval import elicit
 from mcpshield.approval.client import ApproverLink, Outcome
@@ -22,6 +23,10 @@ from mcpshield.approval.elicit import Elicitor
 from mcpshield.approval.protocol import Hello, Request, WithdrawReason
 from mcpshield.jsonrpc import JsonId, Message, arguments_hash
 from mcpshield.ledger import Entry
+
+#: While a call that carries a progressToken waits, the client hears from it this often:
+#: TypeScript-SDK clients that reset their timeout on progress then wait as long as the person.
+PROGRESS_INTERVAL_S: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +57,7 @@ class _Pending:
     #: Set when the terminal cannot decide (no approver): the elicitation alone may.
     terminal_out: Outcome | None = None
     timer: anyio.CancelScope | None = None
+    progress: anyio.CancelScope | None = None
 
 
 class Broker:
@@ -63,12 +69,15 @@ class Broker:
         forward: Forward,
         refuse: Refuse,
         report: Callable[[str], None],
+        *,
         elicitor: Elicitor | None = None,
+        notify: Callable[[bytes], None] | None = None,
     ) -> None:
         self._setup = setup
         self._forward = forward
         self._refuse = refuse
         self._report = report
+        self._notify = notify
         self._elicitor = elicitor if setup.elicitation else None
         self._client_elicits = False
         self._hello = Hello(pid=_pid(), profile=setup.profile, server=setup.server, client=None)
@@ -108,6 +117,11 @@ class Broker:
                 pending.timer = anyio.CancelScope()
                 assert self._tg is not None, "Broker.start was not called"
                 self._tg.start_soon(self._expire, pending)
+        token = _progress_token(msg)
+        if token is not None and self._notify is not None:
+            pending.progress = anyio.CancelScope()
+            assert self._tg is not None, "Broker.start was not called"
+            self._tg.start_soon(self._keep_informed, pending, token)
         self._link_now().submit(request, lambda outcome: self._terminal(pending, outcome))
 
     def cancelled(self, entry: Entry) -> None:
@@ -146,6 +160,19 @@ class Broker:
             if self._waiting.get(id(pending.entry)) is pending:
                 self._finish(pending, Outcome("timeout"), "terminal")
 
+    async def _keep_informed(self, pending: _Pending, token: str | int) -> None:
+        """Progress notifications for the waiting call: one at once, then every interval."""
+        assert pending.progress is not None and self._notify is not None
+        text = f"waiting for the user to approve {pending.request.tool} (in `mcpshield approvals` or the client)"
+        with pending.progress:
+            waited = 0.0
+            while True:
+                params = {"progressToken": token, "progress": waited, "message": text}
+                note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
+                self._notify(orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))
+                await anyio.sleep(PROGRESS_INTERVAL_S)
+                waited += PROGRESS_INTERVAL_S
+
     def _terminal(self, pending: _Pending, outcome: Outcome) -> None:
         if self._waiting.get(id(pending.entry)) is not pending or outcome.decision == "cancelled":
             return  # withdrawn (by the client, or because the client's user decided)
@@ -159,6 +186,8 @@ class Broker:
         self._waiting.pop(id(pending.entry), None)
         if pending.timer is not None:
             pending.timer.cancel()
+        if pending.progress is not None:
+            pending.progress.cancel()
         if pending.elicit_id is not None and self._elicitor is not None:
             self._elicited.pop(pending.elicit_id, None)
             self._elicitor.withdraw(pending.elicit_id)
@@ -205,6 +234,12 @@ def _refusal(request: Request, outcome: Outcome) -> str:
         f"mcpshield refused this call: the profile says a person must approve {request.tool}, and no approver "
         f"is available{why}. Ask the user to run `mcpshield approvals` in a terminal, then call it again"
     )
+
+
+def _progress_token(msg: Message) -> str | int | None:
+    meta = msg.params.get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return token if isinstance(token, str | int) and not isinstance(token, bool) else None
 
 
 def _pid() -> int:
