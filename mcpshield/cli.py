@@ -177,9 +177,10 @@ def _add_approval_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParse
     approvals = verbs.add_parser(
         "approvals",
         help="answer the calls a profile marks `ask` (the terminal approver)",
-        description="Listen for wrappers of this user asking a person to approve a call. With --json: one "
-        "JSON line per pending request and per outcome on stdout, decisions as JSON lines on stdin; runs "
-        "until SIGINT or SIGTERM, also after stdin ends. See docs/approvals.md.",
+        description="Listen for wrappers of this user asking a person to approve a call. On a terminal: an "
+        "interactive list (o once, s session, a always, d deny, q quit). With --json: one JSON line per "
+        "pending request and per outcome on stdout, decisions as JSON lines on stdin; runs until SIGINT or "
+        "SIGTERM, also after stdin ends. See docs/approvals.md.",
     )
     approvals.add_argument("--json", action="store_true", help="the scriptable mode: JSON lines on stdin and stdout")
 
@@ -358,9 +359,14 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _approvals(args: argparse.Namespace) -> int:
     if not args.json:
-        raise UsageError(
-            "the interactive approver is not built yet", "run `mcpshield approvals --json` (see docs/approvals.md)"
-        )
+        if not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise UsageError(
+                "the interactive approver needs a terminal on stdin and stdout",
+                "run it in a terminal, or script it with `mcpshield approvals --json` (see docs/approvals.md)",
+            )
+        from mcpshield.approval.interactive import serve_interactive
+
+        return serve_interactive()
     from mcpshield.approval.scripted import serve_json
 
     return serve_json()

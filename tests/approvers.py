@@ -17,6 +17,9 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 from conftest import ROOT
 
+from mcpshield.approval.client import ApproverLink, Outcome
+from mcpshield.approval.protocol import Request
+
 #: Bound on the approver starting up (imports, bind) and saying it listens.
 START_TIMEOUT_S: Final = 15.0
 #: Bound on one line from the approver after what causes it happened.
@@ -24,6 +27,8 @@ LINE_TIMEOUT_S: Final = 10.0
 #: Bound on the approver exiting once asked to.
 EXIT_TIMEOUT_S: Final = 10.0
 MAX_LINE: Final = 4 * 1024 * 1024
+#: Bound on a submitted request's outcome once what decides it happened.
+OUTCOME_TIMEOUT_S: Final = 10.0
 
 
 def approver_argv() -> list[str]:
@@ -95,3 +100,21 @@ async def running_approver(directory: Path) -> AsyncIterator[Approver]:
                 process.kill()
                 await process.wait()
             await process.aclose()
+
+
+async def outcome_of(link: ApproverLink, request: Request) -> tuple[anyio.Event, list[Outcome]]:
+    """Submits `request`; the event is set, and the list holds the outcome, once it is decided."""
+    done, box = anyio.Event(), list[Outcome]()
+
+    def keep(outcome: Outcome) -> None:
+        box.append(outcome)
+        done.set()
+
+    link.submit(request, keep)
+    return done, box
+
+
+async def settled(done: anyio.Event, box: list[Outcome]) -> Outcome:
+    with anyio.fail_after(OUTCOME_TIMEOUT_S):
+        await done.wait()
+    return box[0]

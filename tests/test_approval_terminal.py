@@ -18,10 +18,19 @@ from typing import Final
 import anyio
 import anyio.abc
 import pytest
-from approvers import EXIT_TIMEOUT_S, START_TIMEOUT_S, approver_argv, approver_env, running_approver
+from approvers import (
+    EXIT_TIMEOUT_S,
+    OUTCOME_TIMEOUT_S,
+    START_TIMEOUT_S,
+    approver_argv,
+    approver_env,
+    outcome_of,
+    running_approver,
+    settled,
+)
 from conftest import ROOT
 
-from mcpshield.approval.client import CONNECT_TIMEOUT_S, ApproverLink, Outcome
+from mcpshield.approval.client import CONNECT_TIMEOUT_S, ApproverLink
 from mcpshield.approval.protocol import MAX_LINE_BYTES, Hello, Request, encode
 from mcpshield.errors import ApprovalError
 
@@ -32,7 +41,6 @@ PATIENT_S: Final = 60.0
 #: Short enough for the timeout test to be quick; the link's own clock decides, not the test's.
 IMPATIENT_S: Final = 0.5
 #: Bound on an outcome reaching the link once the approver has the decision.
-OUTCOME_TIMEOUT_S: Final = 10.0
 #: Bound on the stranger's own socket calls (its process is not under the test's event loop).
 STRANGER_TIMEOUT_S: Final = 10.0
 HELLO: Final = Hello(
@@ -62,23 +70,6 @@ async def wrapper(place: Path, hello: Hello = HELLO) -> AsyncIterator[ApproverLi
 
 def call(timeout_s: float = PATIENT_S, **arguments: object) -> Request:
     return Request("write_file", dict(arguments) or {"path": "/tmp/x", "content": "hi"}, "tools.ask", None, timeout_s)
-
-
-async def outcome_of(link: ApproverLink, request: Request) -> tuple[anyio.Event, list[Outcome]]:
-    done, box = anyio.Event(), []
-
-    def keep(outcome: Outcome) -> None:
-        box.append(outcome)
-        done.set()
-
-    link.submit(request, keep)
-    return done, box
-
-
-async def settled(done: anyio.Event, box: list[Outcome]) -> Outcome:
-    with anyio.fail_after(OUTCOME_TIMEOUT_S):
-        await done.wait()
-    return box[0]
 
 
 async def test_pending_request_is_printed_with_the_contract_fields(place: Path) -> None:
@@ -320,7 +311,7 @@ async def test_end_of_stdin_keeps_the_approver_serving(place: Path) -> None:
         assert await approver.stop() == 0
 
 
-def test_without_json_the_interactive_ui_is_not_built_yet(place: Path) -> None:
+def test_without_json_or_a_terminal_the_approver_refuses_to_start(place: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "mcpshield", "approvals"],
         env=approver_env(place),
@@ -331,6 +322,6 @@ def test_without_json_the_interactive_ui_is_not_built_yet(place: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    assert "interactive approver is not built yet" in done.stderr
+    assert "interactive approver needs a terminal" in done.stderr
     assert "--json" in done.stderr
     assert not place.exists()

@@ -1,5 +1,6 @@
 """The approver's socket side: listens, checks each peer's uid, keeps every wrapper's pending
-requests, and tells a front end (`Sink`: the JSON lines now, a terminal UI later) what happens.
+requests, and tells a front end what happens (`Sink`: the JSON lines of `--json`, or the
+interactive terminal UI).
 """
 
 from __future__ import annotations

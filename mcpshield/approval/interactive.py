@@ -1,0 +1,335 @@
+"""`mcpshield approvals` in a terminal: the approver's interactive front end (curses, standard
+library only). A list of pending requests, the selected one in full below it, one key per decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import curses
+import json
+import locale
+import os
+import signal
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+import anyio
+
+from mcpshield.approval.protocol import Choice, Hello, Request
+from mcpshield.approval.server import ApproverServer
+from mcpshield.audit.show import json_safe, visible
+
+#: Below this the layout cannot show a request usefully; a short message is shown instead.
+MIN_ROWS: Final = 12
+MIN_COLS: Final = 50
+#: How often the ages in the list are redrawn.
+TICK_S: Final = 1.0
+#: A deny reason is one line for a person to type; longer input is ignored.
+MAX_REASON_CHARS: Final = 500
+#: Escape ends the reason prompt without a long wait for a following sequence (milliseconds).
+ESC_DELAY_MS: Final = "25"
+_KEYS: Final = "o once  s session  a always  d deny  j/k select  PgUp/PgDn scroll  q quit"
+_SAID: Final = {
+    "once": "approved once",
+    "session": "approved for this session",
+    "always": "approved always",
+    "deny": "denied",
+    "timeout": "timed out (the wrapper stopped waiting)",
+    "cancelled": "cancelled by the client, or decided in it",
+    "withdrawn": "withdrawn (its wrapper went away)",
+}
+_ENTER: Final = ("\n", "\r", curses.KEY_ENTER)
+_BACKSPACE: Final = ("\x7f", "\b", curses.KEY_BACKSPACE)
+
+Mode = Literal["list", "confirm", "reason"]
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    request: Request
+    hello: Hello
+    since: float
+
+
+def _cells(char: str) -> int:
+    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+
+
+def fit(text: str, width: int) -> str:
+    """`text` cut to `width` terminal cells, ending in `…` when cut (list columns only)."""
+    used, out = 0, list[str]()
+    for char in text:
+        used += _cells(char)
+        if used > width:
+            return "".join(out[:-1]) + "…" if out else ""
+        out.append(char)
+    return "".join(out)
+
+
+def wrap(text: str, width: int) -> list[str]:
+    """`text` in lines of at most `width` cells: nothing is dropped."""
+    lines, line, used = list[str](), list[str](), 0
+    for char in text:
+        if used + _cells(char) > width and line:
+            lines.append("".join(line))
+            line, used = [], 0
+        line.append(char)
+        used += _cells(char)
+    lines.append("".join(line))
+    return lines
+
+
+def detail(item: _Waiting) -> list[str]:
+    """Everything about one request, every untrusted character made visible; arguments whole."""
+    request, hello = item.request, item.hello
+    lines = [
+        f"tool:    {visible(request.tool)}",
+        f"rule:    {visible(request.rule or '(none)')}",
+        f"server:  {visible(hello.server)}",
+        f"client:  {visible(hello.client or '(unknown)')}   profile: {visible(hello.profile or '(none)')}"
+        f"   pid: {hello.pid}   timeout: {request.timeout_s:.0f} s",
+    ]
+    if request.prompt is not None:
+        lines.append(f"prompt:  {visible(request.prompt)}")
+    pretty = json.dumps(request.arguments, indent=2, ensure_ascii=False, sort_keys=True)
+    lines.append("arguments:")
+    lines.extend(json_safe(pretty.encode("utf-8", "surrogatepass")).decode("utf-8", "replace").split("\n"))
+    return lines
+
+
+def _age(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60:02d}s"
+
+
+class Console:
+    """The Sink that keeps the waiting requests and draws them; keys come in through `key`."""
+
+    def __init__(self, screen: curses.window, where: Path) -> None:
+        self.screen = screen
+        self.server: ApproverServer | None = None
+        self.done = anyio.Event()
+        self._where = where
+        self._waiting: dict[str, _Waiting] = {}
+        self._selected = 0
+        self._scroll = 0
+        self._status = ""
+        self._mode: Mode = "list"
+        self._target: str | None = None
+        self._reason = ""
+
+    # The Sink.
+
+    def pending(self, request: Request, hello: Hello) -> None:
+        self._waiting[request.id] = _Waiting(request, hello, time.monotonic())
+        with contextlib.suppress(curses.error):
+            curses.beep()
+        self.draw()
+
+    def resolved(self, request_id: str, outcome: str) -> None:
+        item = self._waiting.pop(request_id, None)
+        if item is None:
+            return
+        said = _SAID.get(outcome, outcome)
+        self._status = f"{visible(item.request.tool)} ({visible(item.hello.server)}): {said}"
+        if request_id == self._target:
+            self._mode, self._target = "list", None
+        self._selected = min(self._selected, max(len(self._waiting) - 1, 0))
+        self._scroll = 0
+        self.draw()
+
+    def report(self, text: str) -> None:
+        self._status = visible(text)
+        self.draw()
+
+    # Keys.
+
+    def key(self, key: str | int) -> None:
+        if self._mode == "confirm":
+            self._confirm(key)
+        elif self._mode == "reason":
+            self._type(key)
+        elif key == "q":
+            self.done.set()
+        elif key in ("j", curses.KEY_DOWN, "k", curses.KEY_UP):
+            step = 1 if key in ("j", curses.KEY_DOWN) else -1
+            self._selected = max(0, min(self._selected + step, len(self._waiting) - 1))
+            self._scroll = 0
+        elif key in (curses.KEY_NPAGE, " ", curses.KEY_PPAGE):
+            page = max(self.screen.getmaxyx()[0] // 2, 1)
+            self._scroll = max(0, self._scroll + (-page if key == curses.KEY_PPAGE else page))
+        elif (chosen := self._chosen()) is not None and key in ("o", "s", "a", "d"):
+            if key == "o":
+                self._decide(chosen, "once", None)
+            elif key == "s":
+                self._decide(chosen, "session", None)
+            else:
+                self._mode, self._target, self._reason = ("confirm" if key == "a" else "reason"), chosen, ""
+        self.draw()
+
+    def _confirm(self, key: str | int) -> None:
+        target, self._mode, self._target = self._target, "list", None
+        if key in ("y", "Y") and target is not None:
+            self._decide(target, "always", None)
+        else:
+            self._status = "not approved: nothing was decided"
+
+    def _type(self, key: str | int) -> None:
+        if key in _ENTER and self._target is not None:
+            target, self._mode, self._target = self._target, "list", None
+            self._decide(target, "deny", self._reason.strip() or None)
+        elif key == "\x1b":
+            self._mode, self._target = "list", None
+            self._status = "not denied: nothing was decided"
+        elif key in _BACKSPACE:
+            self._reason = self._reason[:-1]
+        elif isinstance(key, str) and key.isprintable() and len(self._reason) < MAX_REASON_CHARS:
+            self._reason += key
+
+    def _chosen(self) -> str | None:
+        ids = list(self._waiting)
+        return ids[self._selected] if ids else None
+
+    def _decide(self, request_id: str, choice: Choice, reason: str | None) -> None:
+        if self.server is not None and not self.server.decide(request_id, choice, reason):
+            self._status = "that request is no longer waiting"
+
+    # Drawing.
+
+    def draw(self) -> None:
+        """Redraws the whole screen; curses sends only what changed."""
+        screen = self.screen
+        screen.erase()
+        rows, cols = screen.getmaxyx()
+        if rows < MIN_ROWS or cols < MIN_COLS:
+            self._put(0, f"terminal too small: need {MIN_COLS}x{MIN_ROWS}", cols)
+        else:
+            self._draw(rows, cols)
+        with contextlib.suppress(curses.error):
+            screen.refresh()
+
+    def _draw(self, rows: int, cols: int) -> None:
+        items = list(self._waiting.values())
+        self._put(0, f"mcpshield approvals: {len(items)} waiting; listening on {visible(str(self._where))}", cols)
+        self._put(1, f"  {'age':>6}  {'tool':<24}  {'client':<14}  server", cols, curses.A_BOLD)
+        height = max(3, (rows - 6) // 3)
+        first = max(0, self._selected - height + 1)
+        now = time.monotonic()
+        for row, index in enumerate(range(first, min(first + height, len(items))), start=2):
+            item = items[index]
+            tool, client = fit(visible(item.request.tool), 24), fit(visible(item.hello.client or "?"), 14)
+            line = f"{'>' if index == self._selected else ' '} {_age(now - item.since):>6}  {tool:<24}  {client:<14}  "
+            line = fit(line + visible(item.hello.server), cols - 1)
+            self._put(row, line, cols, curses.A_REVERSE if index == self._selected else curses.A_NORMAL)
+        if not items:
+            self._put(2, "  (nothing waiting)", cols)
+        top, bottom = 2 + height, rows - 2
+        body = [] if not items else [part for line in detail(items[self._selected]) for part in wrap(line, cols - 1)]
+        self._scroll = min(self._scroll, max(len(body) - (bottom - top - 1), 0))
+        shown = body[self._scroll : self._scroll + bottom - top - 1]
+        where = f" lines {self._scroll + 1}-{self._scroll + len(shown)} of {len(body)} " if body else " "
+        more = "(PgUp/PgDn to scroll) " if len(shown) < len(body) else ""
+        self._put(top, (f"--{where}{more}" + "-" * cols)[: cols - 1], cols)
+        for row, line in enumerate(shown, start=top + 1):
+            self._put(row, line, cols)
+        self._put(rows - 2, self._status, cols, curses.A_BOLD)
+        self._put(rows - 1, self._prompt(), cols)
+
+    def _prompt(self) -> str:
+        if self._mode == "confirm":
+            return "approve ALWAYS (same tool, same arguments)? y/n"
+        if self._mode == "reason":
+            return f"deny; reason (optional), Enter to send, Esc to go back: {visible(self._reason)}"
+        return _KEYS
+
+    def _put(self, row: int, text: str, cols: int, attr: int = curses.A_NORMAL) -> None:
+        with contextlib.suppress(curses.error):  # the bottom-right cell, or a resize under way
+            self.screen.addstr(row, 0, fit(text, cols - 1), attr)
+
+    def read_keys(self) -> None:
+        """Called when stdin is readable: takes every key curses has, then redraws once."""
+        while True:
+            try:
+                key = self.screen.get_wch()
+            except curses.error:  # nothing more to read
+                return
+            if key == curses.KEY_RESIZE:  # queued by our own resizeterm: resizing again would loop
+                self.draw()
+            else:
+                self.key(key)
+
+    def resize(self) -> None:
+        with contextlib.suppress(OSError, curses.error):
+            size = os.get_terminal_size(1)
+            curses.resizeterm(size.lines, size.columns)
+        self.draw()
+
+
+@contextlib.contextmanager
+def _terminal() -> Iterator[curses.window]:
+    locale.setlocale(locale.LC_ALL, "")
+    os.environ.setdefault("ESCDELAY", ESC_DELAY_MS)
+    screen = curses.initscr()
+    try:
+        curses.noecho()
+        curses.cbreak()
+        screen.keypad(True)
+        screen.nodelay(True)
+        with contextlib.suppress(curses.error):
+            curses.curs_set(0)
+        yield screen
+    finally:
+        screen.keypad(False)
+        curses.nocbreak()
+        curses.echo()
+        curses.endwin()
+
+
+def serve_interactive() -> int:
+    """Runs the interactive approver until `q`, SIGINT or SIGTERM (exit 0)."""
+    return anyio.run(_serve, backend="asyncio")
+
+
+async def _serve() -> int:
+    from mcpshield.approval.location import approver_dir
+    from mcpshield.approval.server import listen
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGWINCH) as signals:
+        listening = await listen(approver_dir())
+        loop = asyncio.get_running_loop()
+        try:
+            with _terminal() as screen:
+                console = Console(screen, listening.path)
+                console.server = server = ApproverServer(console)
+                console.resize()  # curses believes an inherited LINES/COLUMNS, often stale: ask the terminal
+                async with anyio.create_task_group() as tg:
+                    await tg.start(server.serve, listening.listener)
+                    loop.add_reader(0, console.read_keys)
+                    try:
+
+                        async def on_signals() -> None:
+                            async for signum in signals:
+                                if signum == signal.SIGWINCH:
+                                    console.resize()
+                                else:
+                                    console.done.set()
+
+                        async def tick() -> None:
+                            while True:
+                                await anyio.sleep(TICK_S)
+                                console.draw()
+
+                        tg.start_soon(on_signals)
+                        tg.start_soon(tick)
+                        await console.done.wait()
+                        tg.cancel_scope.cancel()
+                    finally:
+                        loop.remove_reader(0)
+        finally:
+            await listening.aclose()
+    return 0
