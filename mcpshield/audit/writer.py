@@ -154,7 +154,8 @@ class AuditLog:
             self._events_w = -1
         if self._pid:
             status = _wait(self._pid, CLOSE_TIMEOUT_S)
-            os.set_blocking(self._status_r, True)
+            if status is not None:  # it exited: its report, if any, is all there (else never wait on it)
+                os.set_blocking(self._status_r, True)
             self.read_status()
             if status is None:
                 self.failed = self.failed or f"the audit writer did not finish within {CLOSE_TIMEOUT_S:g} s"
