@@ -37,7 +37,7 @@ _KEYS: Final = "o once  s session  a always  d deny  j/k select  PgUp/PgDn scrol
 _SAID: Final = {
     "once": "approved once",
     "session": "approved for this session",
-    "always": "approved always",
+    "always": "approved always (for now: until that server stops)",
     "deny": "denied",
     "timeout": "timed out (the wrapper stopped waiting)",
     "cancelled": "cancelled by the client, or decided in it",
@@ -242,7 +242,7 @@ class Console:
 
     def _prompt(self) -> str:
         if self._mode == "confirm":
-            return "approve ALWAYS (same tool, same arguments)? y/n"
+            return "approve ALWAYS (same tool, same arguments; for now until that server stops)? y/n"
         if self._mode == "reason":
             return f"deny; reason (optional), Enter to send, Esc to go back: {visible(self._reason)}"
         return _KEYS
