@@ -6,11 +6,12 @@ A mixin of `Relay`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from mcpshield import answers
+from mcpshield import answers, jsonrpc
 from mcpshield.jsonrpc import REQUEST, Message
 from mcpshield.ledger import Entry, Ledger
 from mcpshield.policy import Allow, Ask, Decision, Deny, Direction, Rewrite
@@ -31,6 +32,7 @@ class Aftermath:
     _report: Callable[[str], None]
     _trail: AuditTrail | None
     _to_server: list[bytes]
+    _to_client: list[bytes]
     _client_ledger: Ledger
     _shutdown: Shutdown
     _now: float
@@ -41,17 +43,38 @@ class Aftermath:
 
     # -- approvals (see mcpshield.approval.broker) --------------------------------------
 
+    # These run as callbacks from the broker's tasks, outside `_feed`'s guard: a failure here
+    # refuses the one call (never sends it) instead of ending the relay.
+
     def _approved(self, msg: Message, entry: Entry, approval: dict[str, object]) -> None:
         """A person approved a waiting call: it goes to the server now."""
-        if self._still_waiting(entry, approval):
-            self._to_server.append(msg.raw)
-            self._to_server.append(_NL)
-            self._flush()
+        queued = len(self._to_server)
+        try:
+            if self._still_waiting(entry, approval):
+                self._to_server.append(msg.raw)
+                self._to_server.append(_NL)
+                self._flush()
+        except Exception as exc:
+            del self._to_server[queued:]  # not sent: it was not checked through to the end
+            self._approval_failed(entry, exc)
 
     def _disapproved(self, msg: Message, entry: Entry, reason: str, approval: dict[str, object]) -> None:
         """A waiting call was denied, timed out, or nobody could be asked: the client is told why."""
-        if self._still_waiting(entry, approval):
-            self._refuse(msg, TO_SERVER, reason, None)
+        try:
+            if self._still_waiting(entry, approval):
+                self._refuse(msg, TO_SERVER, reason, None)
+                self._flush()
+        except Exception as exc:
+            self._approval_failed(entry, exc)
+
+    def _approval_failed(self, entry: Entry, exc: Exception) -> None:
+        self._report(f"internal error ({type(exc).__name__}: {exc}) applying a decision; the call was not sent")
+        with contextlib.suppress(Exception):
+            if self._client_ledger.get(entry.id) is entry:
+                self._client_ledger.close(entry.id)
+                self._to_client.append(
+                    jsonrpc.error_response(entry.id, jsonrpc.INTERNAL_ERROR, "mcpshield failed to apply the decision")
+                )
             self._flush()
 
     def _still_waiting(self, entry: Entry, approval: dict[str, object]) -> bool:

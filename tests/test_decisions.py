@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mcpshield.jsonrpc import Message
+from mcpshield.jsonrpc import Message, decode
 from mcpshield.policy import ALLOW, Ask, Context, Decision, Deny, PassThrough, Rewrite
 from mcpshield.relay import Relay
 
@@ -128,4 +128,29 @@ def test_a_bug_while_handling_a_request_refuses_it_and_frees_its_id() -> None:
     assert to_server.data == b""
     assert to_client.messages()[0]["error"]["code"] == -32603
     assert b"internal error (RuntimeError: bug)" in stderr.data
+    assert 1 not in relay._client_ledger
+
+
+def test_a_failure_applying_an_approval_refuses_the_call_and_never_sends_it() -> None:
+    # Approvals arrive as callbacks from the broker's tasks, outside the per-message guard.
+    relay, to_server, to_client, stderr = _relay(Always(ALLOW))
+    msg = decode(CALL.rstrip(b"\n"))
+    assert isinstance(msg, Message)
+    entry = relay._client_ledger.open(msg, 0.0)
+    assert entry is not None
+    real_flush = relay._flush
+    calls = []
+
+    def flush_once_broken() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("a bug while flushing")
+        real_flush()
+
+    relay._flush = flush_once_broken  # type: ignore[method-assign]
+    relay._approved(msg, entry, {"channel": "terminal"})
+    assert to_server.data == b""
+    (answer,) = to_client.messages()
+    assert answer["id"] == 1 and answer["error"]["code"] == -32603
+    assert b"internal error (OSError: a bug while flushing) applying a decision" in stderr.data
     assert 1 not in relay._client_ledger

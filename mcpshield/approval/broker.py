@@ -9,8 +9,9 @@ can act on. Nothing here blocks: the call waits, other traffic goes on.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -158,7 +159,8 @@ class Broker:
         with pending.timer:
             await anyio.sleep(pending.request.timeout_s)
             if self._waiting.get(id(pending.entry)) is pending:
-                self._finish(pending, Outcome("timeout"), "terminal")
+                with self._guard(pending):
+                    self._finish(pending, Outcome("timeout"), "terminal")
 
     async def _keep_informed(self, pending: _Pending, token: str | int) -> None:
         """Progress notifications for the waiting call: one at once, then every interval."""
@@ -169,7 +171,11 @@ class Broker:
             while True:
                 params = {"progressToken": token, "progress": waited, "message": text}
                 note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": params}
-                self._notify(orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))
+                try:
+                    self._notify(orjson.dumps(note, option=orjson.OPT_APPEND_NEWLINE))
+                except Exception as exc:  # progress is a courtesy: its failure stops only it
+                    self._report(f"stopped progress notifications ({type(exc).__name__}: {exc})")
+                    return
                 await anyio.sleep(PROGRESS_INTERVAL_S)
                 waited += PROGRESS_INTERVAL_S
 
@@ -179,7 +185,19 @@ class Broker:
         if outcome.decision == "unavailable" and pending.elicit_id is not None:
             pending.terminal_out = outcome  # the client's user may still decide
             return
-        self._finish(pending, outcome, "terminal")
+        with self._guard(pending):
+            self._finish(pending, outcome, "terminal")
+
+    @contextlib.contextmanager
+    def _guard(self, pending: _Pending) -> Iterator[None]:
+        """Runs in the link's or the timer's task, outside the relay's guard: a failure refuses
+        the one call rather than ending the relay."""
+        try:
+            yield
+        except Exception as exc:
+            self._report(f"internal error ({type(exc).__name__}: {exc}) deciding a waiting call; refused")
+            self._waiting.pop(id(pending.entry), None)
+            self._refuse(pending.msg, pending.entry, "mcpshield refused this call: it failed to get a decision", {})
 
     def _end(self, pending: _Pending, why: WithdrawReason = "cancelled") -> None:
         """Stops waiting on every channel (their answers, if any, are dropped)."""
