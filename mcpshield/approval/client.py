@@ -17,7 +17,6 @@ from typing import Final, Literal, TypeAlias
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
-from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from mcpshield.approval.location import APPROVER_DIR_ENV, approver_dir, checked_dir, socket_path
@@ -33,7 +32,7 @@ from mcpshield.approval.protocol import (
     decode_to_wrapper,
     encode,
 )
-from mcpshield.approval.streams import write_lines
+from mcpshield.approval.streams import LineTooLong, read_lines, write_lines
 from mcpshield.errors import ApprovalError
 
 #: Bound on connecting to the approver's socket: a live approver accepts at once.
@@ -240,20 +239,15 @@ class ApproverLink:
                 send.close()
 
     async def _read(self, stream: anyio.abc.SocketStream) -> None:
-        buffered = BufferedByteReceiveStream(stream)
-        while True:
-            try:
-                line = await buffered.receive_until(b"\n", MAX_LINE_BYTES)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-                return
-            except anyio.DelimiterNotFound:
-                self._report(f"the approver sent a line over {MAX_LINE_BYTES} bytes; disconnected")
-                return
-            message = decode_to_wrapper(line)
-            if isinstance(message, Malformed):
-                self._report(f"the approver broke the protocol ({message.why}); disconnected")
-                return
-            self._decided(message)
+        try:
+            async for line in read_lines(stream):
+                message = decode_to_wrapper(line)
+                if isinstance(message, Malformed):
+                    self._report(f"the approver broke the protocol ({message.why}); disconnected")
+                    return
+                self._decided(message)
+        except LineTooLong:
+            self._report(f"the approver sent a line over {MAX_LINE_BYTES} bytes; disconnected")
 
     def _decided(self, message: Decision) -> None:
         # A decision for a request no longer waiting crossed our withdrawal: nothing to do.

@@ -16,7 +16,6 @@ from typing import Final, Protocol
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
-from anyio.streams.buffered import BufferedByteReceiveStream
 from anyio.streams.memory import MemoryObjectSendStream
 
 from mcpshield.approval.location import LOCK_NAME, socket_path
@@ -33,7 +32,7 @@ from mcpshield.approval.protocol import (
     decode_to_approver,
     encode,
 )
-from mcpshield.approval.streams import write_lines
+from mcpshield.approval.streams import LineTooLong, read_lines, write_lines
 from mcpshield.errors import ApprovalError
 
 #: Bound on asking an existing socket whether an approver still answers on it.
@@ -190,19 +189,14 @@ class ApproverServer:
                 self._drop(wrapper)
 
     async def _read(self, stream: anyio.abc.SocketStream, wrapper: _Wrapper) -> None:
-        buffered = BufferedByteReceiveStream(stream)
-        while True:
-            try:
-                line = await buffered.receive_until(b"\n", MAX_LINE_BYTES)
-            except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-                return
-            except anyio.DelimiterNotFound:
-                self._sink.report(f"{wrapper.name} sent a line over {MAX_LINE_BYTES} bytes; connection closed")
-                return
-            problem = self._message(wrapper, decode_to_approver(line))
-            if problem is not None:
-                self._sink.report(f"{wrapper.name} broke the protocol ({problem}); connection closed")
-                return
+        try:
+            async for line in read_lines(stream):
+                problem = self._message(wrapper, decode_to_approver(line))
+                if problem is not None:
+                    self._sink.report(f"{wrapper.name} broke the protocol ({problem}); connection closed")
+                    return
+        except LineTooLong:
+            self._sink.report(f"{wrapper.name} sent a line over {MAX_LINE_BYTES} bytes; connection closed")
 
     def _message(self, wrapper: _Wrapper, message: ToApprover | Malformed) -> str | None:
         """Acts on one message; returns what is wrong with it, if anything."""
