@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
+import orjson
+
 from mcpshield import answers, jsonrpc
 from mcpshield.jsonrpc import REQUEST, Message
 from mcpshield.ledger import Entry, Ledger
@@ -63,6 +65,19 @@ class Aftermath:
         try:
             if self._still_waiting(entry, approval):
                 self._refuse(msg, TO_SERVER, reason, None)
+                self._flush()
+        except Exception as exc:
+            self._approval_failed(entry, exc)
+
+    def _asked_here(self, msg: Message, entry: Entry, result: dict[str, object], approval: dict[str, object]) -> None:
+        """A waiting call answered by mcpshield itself: its question for the client's user (an
+        `input_required` result, 2026-07-28); the client's retry carries the answer."""
+        try:
+            if self._still_waiting(entry, approval):
+                self._client_ledger.close(entry.id)
+                self._to_client.append(orjson.dumps({"jsonrpc": "2.0", "id": entry.id, "result": result}) + _NL)
+                if entry.audit is not None and self._trail is not None:
+                    self._trail.ended(entry, "input_required", self._now)
                 self._flush()
         except Exception as exc:
             self._approval_failed(entry, exc)

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from mcpshield.policy.redact import Redactor
     from mcpshield.profile.model import LoadedProfile
     from mcpshield.runner import AuditConfig
+    from mcpshield.sandbox.launch import SandboxedLaunch
+    from mcpshield.supervisor import LaunchSpec
 
 _DESCRIPTION = """\
 mcpshield wraps a local stdio MCP server: it starts the server as its child and relays
@@ -32,7 +34,10 @@ TMPDIR, TZ, SSL_CERT_FILE, SSL_CERT_DIR, NODE_EXTRA_CA_CERTS), plus what --env p
 the profile's [env] (keyring secrets; its values are redacted from all the server sends back).
 mcpshield exits with the server's exit status (128+N if a signal N ended it).
 Every session writes an audit log (`mcpshield audit path` says where; exit 4 if it cannot).
-Tool calls the profile says to `ask` about wait for a decision in `mcpshield approvals`.
+Tool calls the profile says to `ask` about wait for a decision in `mcpshield approvals`, or in
+the client (MCP elicitation), or with --tty on this terminal; see docs/approvals.md.
+A profile's [sandbox] starts the server in an OS sandbox (`mcpshield doctor` says what this
+machine can enforce); exit 126 when the profile requires isolation that cannot be had here.
 
 --profile NAME looks for NAME.toml among the user's profiles, then the shipped ones; a PATH
 (with a / or ending in .toml) names a file; `none` runs without a profile. Without --profile,
@@ -70,11 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write no audit log for this session (a profile can also say [audit] enabled = false)",
     )
+    run.add_argument(
+        "--tty",
+        action="store_true",
+        help="also ask on this terminal (/dev/tty) about calls that need approval when no approver or client "
+        "can be asked: for line-mode clients started from a terminal (keys o once, s session, d deny)",
+    )
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]", help="the server's command")
     _add_profile_verbs(verbs)
     _add_secret_verbs(verbs)
     _add_audit_verbs(verbs)
     _add_approval_verbs(verbs)
+    _add_doctor_verb(verbs)
 
     verbs.add_parser(
         "demo",
@@ -178,11 +190,31 @@ def _add_approval_verbs(verbs: argparse._SubParsersAction[argparse.ArgumentParse
         "approvals",
         help="answer the calls a profile marks `ask` (the terminal approver)",
         description="Listen for wrappers of this user asking a person to approve a call. On a terminal: an "
-        "interactive list (o once, s session, a always, d deny, q quit). With --json: one JSON line per "
-        "pending request and per outcome on stdout, decisions as JSON lines on stdin; runs until SIGINT or "
-        "SIGTERM, also after stdin ends. See docs/approvals.md.",
+        "interactive list (o once, s session, a always: writes a rule into the user's profile after a y/n "
+        "confirmation, d deny, q quit), a bell and a desktop notification per new request. With --json: one "
+        "JSON line per pending request and per outcome on stdout, decisions as JSON lines on stdin; runs until "
+        "SIGINT or SIGTERM, also after stdin ends. See docs/approvals.md.",
     )
     approvals.add_argument("--json", action="store_true", help="the scriptable mode: JSON lines on stdin and stdout")
+    approvals.add_argument(
+        "--no-notify",
+        action="store_true",
+        help="no desktop notification when a request arrives (the interactive mode sends one, best effort, "
+        "besides the terminal bell)",
+    )
+
+
+def _add_doctor_verb(verbs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    doctor = verbs.add_parser(
+        "doctor",
+        help="what this machine can enforce: sandbox backends, keyring, approver, audit log",
+        description="Probe what this machine can enforce (each sandbox backend, Landlock, user namespaces, "
+        "seccomp) and check the keyring, the approver's socket and the audit log; print a table with fixes. "
+        "Exit 0 when any profile's [sandbox] is enforced here and the audit log and approver can work, "
+        "else 1. The answer is cached for `run` (in $MCPSHIELD_CACHE_DIR or the user cache folder). "
+        "See docs/sandbox.md.",
+    )
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _init_options(prog: str | None = None) -> argparse.ArgumentParser:
@@ -207,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _audit(args)
         if args.verb == "approvals":
             return _approvals(args)
+        if args.verb == "doctor":
+            from mcpshield.sandbox.doctor import doctor
+
+            return doctor(as_json=args.json)
         if args.verb == "demo":
             from mcpshield.demo.client import main as demo_main
 
@@ -241,10 +277,25 @@ def _run(args: argparse.Namespace) -> int:
     sys.stderr.write(f"mcpshield: enforcing profile {loaded.name} ({loaded.source})\n")
     from mcpshield.approval.broker import ApprovalSetup
 
-    approval = loaded.profile.approval
-    approvals = ApprovalSetup(loaded.name, shlex.join(command), approval.timeout_s, approval.elicitation)
+    approvals = ApprovalSetup.of(loaded, shlex.join(command), tty=args.tty)
     launch = LaunchSpec(tuple(command), env)
-    return run_server(RunConfig(launch=launch, policy=policy, redactor=redactor, audit=audit, approvals=approvals))
+    sandbox = _sandbox(loaded, launch)
+    config = RunConfig(
+        launch=launch, policy=policy, redactor=redactor, audit=audit, approvals=approvals, sandbox=sandbox
+    )
+    return run_server(config)
+
+
+def _sandbox(loaded: LoadedProfile, launch: LaunchSpec) -> SandboxedLaunch | None:
+    """The sandboxed launch the profile's [sandbox] asks for (None: the profile has none)."""
+    section = loaded.profile.sandbox
+    if section is None:
+        return None
+    from mcpshield.sandbox.launch import prepare, resolve
+
+    sandboxed = prepare(resolve(section), launch, loaded.name, caches=section.caches)
+    sys.stderr.write(f"mcpshield: sandboxed with {sandboxed.backend}\n")
+    return sandboxed
 
 
 def _audit_config(loaded: LoadedProfile | None) -> AuditConfig:
@@ -358,6 +409,9 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 def _approvals(args: argparse.Namespace) -> int:
+    from mcpshield.approval.location import require_unix_sockets
+
+    require_unix_sockets()
     if not args.json:
         if not (sys.stdin.isatty() and sys.stdout.isatty()):
             raise UsageError(
@@ -366,7 +420,7 @@ def _approvals(args: argparse.Namespace) -> int:
             )
         from mcpshield.approval.interactive import serve_interactive
 
-        return serve_interactive()
+        return serve_interactive(notify=not args.no_notify)
     from mcpshield.approval.scripted import serve_json
 
     return serve_json()

@@ -7,6 +7,7 @@
     ├── SecretError             a secret cannot be stored, found or injected (the value is never named)
     ├── AuditError              the audit log cannot be written or read
     ├── ApprovalError           the terminal approver cannot start or its socket cannot be trusted
+    ├── SandboxError            the profile's sandbox cannot be enforced here, or is malformed
     └── UnsupportedPlatform     this OS lacks what the feature needs
 
 The CLI prints `mcpshield: <message>` and `Tip: <tip>` and exits with `exit_code`.
@@ -66,6 +67,13 @@ class ApprovalError(ShieldError):
     the user) or a wrapper cannot trust the approver it would talk to."""
 
     exit_code = 5
+
+
+class SandboxError(ShieldError):
+    """The profile's `[sandbox]` asks for isolation this machine cannot give (and enforcement is
+    `required`), or names paths that cannot be set up; the server is not started."""
+
+    exit_code = 126
 
 
 class UnsupportedPlatform(ShieldError):

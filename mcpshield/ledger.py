@@ -38,6 +38,9 @@ class Entry:
     counted: bool = False
     #: Its audit event, once decided, until it is over (see mcpshield.audit.trail).
     audit: list[Any] | None = None
+    #: A stateless (2026-07-28) tool call that runs on a person's approval: the server's own
+    #: `input_required` answer to it lets the client's retry continue it (see approval.mrtr).
+    approved: bool = False
 
     @property
     def args_hash(self) -> str | None:

@@ -9,7 +9,8 @@ started a session of its own, as browsers launched by automation servers do — 
 to it and can be found and killed. It talks to mcpshield over two pipes:
 
 - status (reaper → mcpshield), lines: `pid N` once the server runs, `error ERRNO TEXT` if it
-  could not start, `exit RC` when it exits (RC as subprocess reports it: -N for signal N);
+  could not start, `memory MIB` when the tree passed its memory limit and is being killed,
+  `exit RC` when it exits (RC as subprocess reports it: -N for signal N);
 - control (mcpshield → reaper): the byte `R` asks it to kill whatever is left and exit; EOF
   without it means mcpshield died: SIGTERM the server's group, wait, then SIGKILL everything.
 """
@@ -32,6 +33,9 @@ ORPHAN_TERM_GRACE_S: Final = 1.0
 #: Bound on killing and reaping the rest of the tree; processes that fork while being killed
 #: are caught by the next round.
 SWEEP_BOUND_S: Final = 2.0
+#: How often the tree's resident memory is summed when a limit is set: a tree that grows
+#: faster than this can overshoot by what it allocates in one interval.
+MEMORY_POLL_S: Final = 0.25
 RELEASE: Final = b"R"
 _PR_SET_CHILD_SUBREAPER: Final = 36
 
@@ -44,6 +48,7 @@ def run(
     server_fds: tuple[int, int, int],
     status_fd: int,
     control_fd: int,
+    memory_mb: int = 0,
 ) -> NoReturn:  # pragma: no cover - runs in the forked reaper, observed through its effects
     """The forked reaper's whole life; never returns."""
     try:
@@ -71,12 +76,12 @@ def run(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_IGN)
         _say(status_fd, f"pid {server.pid}")
-        _serve(server.pid, status_fd, control_fd, wake)
+        _serve(server.pid, status_fd, control_fd, wake, memory_mb)
     finally:
         os._exit(0)
 
 
-def _serve(server_pid: int, status_fd: int, control_fd: int, wake: int) -> None:  # pragma: no cover
+def _serve(server_pid: int, status_fd: int, control_fd: int, wake: int, memory_mb: int) -> None:  # pragma: no cover
     selector = selectors.DefaultSelector()
     selector.register(control_fd, selectors.EVENT_READ)
     selector.register(wake, selectors.EVENT_READ)
@@ -84,7 +89,10 @@ def _serve(server_pid: int, status_fd: int, control_fd: int, wake: int) -> None:
     while True:
         if server_alive and _reap(server_pid, status_fd):
             server_alive = False
-        for key, _ in selector.select():
+        if server_alive and memory_mb and _over_memory(memory_mb, status_fd):
+            _kill_tree(server_pid, status_fd)  # reports the server's exit as it reaps it
+            server_alive = False
+        for key, _ in selector.select(MEMORY_POLL_S if memory_mb and server_alive else None):
             if key.fd == wake:
                 _drain(wake)
                 continue
@@ -111,6 +119,21 @@ def _reap(server_pid: int, status_fd: int) -> bool:  # pragma: no cover
         if pid == server_pid:
             _say(status_fd, f"exit {os.waitstatus_to_exitcode(status)}")
             server_gone = True
+
+
+def _over_memory(limit_mb: int, status_fd: int) -> bool:  # pragma: no cover
+    """Whether the reaper's descendants together hold more than `limit_mb` MiB resident; says so
+    on the status pipe when they do."""
+    import psutil
+
+    total = 0
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    if total <= limit_mb * 1024 * 1024:
+        return False
+    _say(status_fd, f"memory {total // (1024 * 1024)}")
+    return True
 
 
 def _wait_for(server_pid: int, status_fd: int, wake: int, bound: float) -> bool:  # pragma: no cover

@@ -84,7 +84,9 @@ class Relay(Malformed, Aftermath):
 
             elicitor = Elicitor(self._server_ledger, self._to_client_now, time.monotonic)
             answer = (self._approved, self._disapproved, self._report)
-            self._broker = Broker(approvals, *answer, elicitor=elicitor, notify=self._to_client_now)
+            self._broker = Broker(
+                approvals, *answer, answer=self._asked_here, elicitor=elicitor, notify=self._to_client_now
+            )
         self._on_stderr_data = self._stderr.server_data
         self._on_stderr_eof = self._stderr.server_eof
         self._client_in_fd = client_in
@@ -130,6 +132,8 @@ class Relay(Malformed, Aftermath):
                 await self._out_client.flushed()
                 await self._err.flushed()
         finally:
+            if self._broker is not None:
+                self._broker.close()
             self._close_io()
             self._child.close()
         return exit_status(returncode)
@@ -283,6 +287,8 @@ class Relay(Malformed, Aftermath):
             redactions = 0
         if entry.audit is not None:
             self._audit_answer(msg, entry, redactions)
+        if entry.approved and self._broker is not None:
+            self._broker.answered(entry, msg)
 
     # -- tool calls held for the server's tool list (see mcpshield.catalog) -------------
 
@@ -447,6 +453,11 @@ class Relay(Malformed, Aftermath):
     def _fail_in_flight(self, returncode: int) -> None:
         """Answers every request the server can no longer answer, naming why."""
         reason = f"the MCP server {describe_exit(returncode)} before answering"
+        if self._child.memory_killed_mib is not None:
+            reason = (
+                f"the MCP server was stopped before answering: its processes used "
+                f"{self._child.memory_killed_mib} MiB, over the profile's [sandbox] memory_mb"
+            )
         self._now = time.monotonic()
         trail = self._trail
         for entry in self._client_ledger.drain():

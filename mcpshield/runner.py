@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from mcpshield.audit.trail import AuditTrail, Recording
     from mcpshield.audit.writer import AuditLog
     from mcpshield.policy.redact import Redactor
+    from mcpshield.sandbox.launch import SandboxedLaunch
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,8 @@ class RunConfig:
     audit: AuditConfig | None = None
     #: Where calls the profile says to `ask` about are put to a person; None: no profile.
     approvals: ApprovalSetup | None = None
+    #: The OS sandbox the server starts in (its launch replaces `launch`); None: unsandboxed.
+    sandbox: SandboxedLaunch | None = None
 
 
 def run_server(config: RunConfig) -> int:
@@ -53,12 +57,17 @@ def run_server(config: RunConfig) -> int:
     trail = _trail(log, config.audit) if log is not None and config.audit is not None else None
     status: int | None = None
     why = "mcpshield failed"
+    sandbox = config.sandbox
     try:
-        child = Child(config.launch)
+        child = Child(config.launch if sandbox is None else sandbox.launch)
         relay = Relay(child, config.policy, redactor=config.redactor, trail=trail, approvals=config.approvals)
         try:
-            status = anyio.run(relay.run, backend="asyncio", backend_options=_loop_options())
+            main = relay.run if sandbox is None or sandbox.egress is None else _with_egress(relay, sandbox, log)
+            status = anyio.run(main, backend="asyncio", backend_options=_loop_options())
             why = relay.why_ended
+            if child.memory_killed_mib is not None:
+                why = f"the server used {child.memory_killed_mib} MiB, over the sandbox's memory_mb: killed"
+                sys.stderr.write(f"mcpshield: {why}\n")
         finally:
             # Idempotent: the relay already did this unless it failed before finishing.
             child.close()
@@ -66,6 +75,8 @@ def run_server(config: RunConfig) -> int:
         why = str(err)
         raise
     finally:
+        if sandbox is not None:
+            sandbox.close()
         if log is not None:
             _close_log(log, trail, status, why, time.monotonic() - started)
     assert status is not None
@@ -88,7 +99,7 @@ def _open_log(config: RunConfig) -> AuditLog | None:
                 "pid": os.getpid(),
                 "command": list(config.launch.argv),
                 "profile": config.audit.profile,
-                "sandbox": "none",
+                "sandbox": "none" if config.sandbox is None else config.sandbox.summary,
                 "record": {"arguments": recording.arguments, "results": recording.results},
             }
         )
@@ -98,6 +109,32 @@ def _open_log(config: RunConfig) -> AuditLog | None:
         sys.stderr.write(f"mcpshield: running without an audit log, as the profile allows: {err}\n")
         return None
     return log
+
+
+def _with_egress(relay: Relay, sandbox: SandboxedLaunch, log: AuditLog | None) -> Callable[[], Awaitable[int]]:
+    """The relay's run with the egress proxy served beside it, its decisions in the audit log."""
+    from mcpshield.sandbox.proxy import EgressProxy, ProxyDecision
+
+    egress = sandbox.egress
+    assert egress is not None
+
+    def record(decision: ProxyDecision) -> None:
+        if log is not None:
+            log.record("egress", decision.as_event())
+            log.hand_over()
+
+    def report(line: str) -> None:
+        sys.stderr.write(f"mcpshield: egress proxy: {line}\n")
+
+    async def main() -> int:
+        proxy = EgressProxy(egress.allow, egress.deny, record, on_error=report)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(proxy.serve, egress.sock)
+            status = await relay.run()
+            tg.cancel_scope.cancel()
+        return status
+
+    return main
 
 
 def _trail(log: AuditLog, audit: AuditConfig) -> AuditTrail:

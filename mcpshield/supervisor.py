@@ -44,6 +44,8 @@ class LaunchSpec:
     argv: tuple[str, ...]
     env: Mapping[str, str]
     cwd: str | None = None
+    #: Kill the whole tree when its resident memory passes this many MiB (0: no limit).
+    memory_mb: int = 0
 
 
 def minimal_env(parent: Mapping[str, str], extra: Mapping[str, str | None]) -> dict[str, str]:
@@ -100,11 +102,14 @@ class Child:
                 server_fds=(stdin_r, stdout_w, stderr_w),
                 status_fd=status_w,
                 control_fd=control_r,
+                memory_mb=spec.memory_mb,
             )
         for fd in (stdin_r, stdout_w, stderr_w, status_w, control_r):
             os.close(fd)
         self._status = b""
         self._returncode: int | None = None
+        #: The tree's resident MiB when the reaper killed it for passing its memory limit.
+        self.memory_killed_mib: int | None = None
         self.pid = self._await_start(argv[0])
         os.set_blocking(self._status_fd, False)
         enlarge_pipe(self.stdin_fd)
@@ -163,6 +168,8 @@ class Child:
         for line in self._status.split(b"\n")[:-1]:  # complete lines only
             if line.startswith(b"exit "):
                 self._returncode = int(line[5:])
+            elif line.startswith(b"memory "):
+                self.memory_killed_mib = int(line[7:])
 
     def signal_group(self, sig: int) -> None:
         """Signals the server's process group (its pid: it leads a session of its own)."""

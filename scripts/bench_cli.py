@@ -47,11 +47,14 @@ targets:
              server sends back is searched for it, and never holds it; compare with profile to
              see what redaction costs when nothing matches. Its echo is checked to be redacted
              once before anything is measured)
+  sandbox    python -m mcpshield run --profile scripts/bench_sandbox_profile.toml -- <direct>
+             (profile, with the server in the OS sandbox `auto` picks here, no network: compare
+             with profile to see what the sandbox costs, at start-up above all)
 
 measurements (each session: initialize + notifications/initialized, then tools/list):
   latency     {_D.latency_calls:,} sequential small tools/call echo round trips after {_D.latency_warmup}
               warm-up calls: p50 and p99 in µs, and the p50 added over direct
-  refused     profile and secret only, after each latency block: {_D.refused_calls:,} sequential round trips of
+  refused     profile, secret and sandbox only, after each latency block: {_D.refused_calls:,} sequential round trips of
               each call the profile refuses, taking turns, after {_D.refused_warmup} warm-up calls each: a tool
               it does not allow ("{UNKNOWN_TOOL}": a -32602 "Unknown tool" error) and an echo its deny rule
               refuses (a result with isError); every answer is checked. p50 in µs and its ratio to

@@ -37,6 +37,7 @@ NAIVE_RELAY = REPO / "scripts" / "naive_relay.py"
 BENCH_PROFILE = REPO / "scripts" / "bench_profile.toml"
 # The bench profile plus a secret in the server's environment, which mcpshield redacts.
 SECRET_PROFILE = REPO / "scripts" / "bench_secret_profile.toml"
+SANDBOX_PROFILE = REPO / "scripts" / "bench_sandbox_profile.toml"
 
 # A 10 MB message through a slow relay (naive json round trip) takes well under this.
 LARGE_TIMEOUT_S = 30.0
@@ -89,6 +90,7 @@ def target_commands() -> dict[str, list[str]]:
         "no-audit": [*shield, "none", "--no-audit", "--", *server],
         "profile": [*shield, str(BENCH_PROFILE.relative_to(REPO)), "--", *server],
         "secret": [*shield, str(SECRET_PROFILE.relative_to(REPO)), "--", *server],
+        "sandbox": [*shield, str(SANDBOX_PROFILE.relative_to(REPO)), "--", *server],
     }
 
 
@@ -106,7 +108,7 @@ REFUSALS = {
     "rule": Refusal(lambda i: echo_request(i, REFUSED_TEXT), check_tool_refused),
 }
 # Targets enforcing scripts/bench_profile.toml: the only ones that refuse the REFUSALS calls.
-REFUSING = frozenset({"profile", "secret"})
+REFUSING = frozenset({"profile", "secret", "sandbox"})
 # Targets with a secret to redact, checked to redact it before anything is measured.
 REDACTING = frozenset({"secret"})
 

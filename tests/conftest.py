@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import psutil
 import pytest
@@ -26,9 +26,9 @@ EXIT_TIMEOUT_S: Final = 10.0
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Every `mcpshield run` a test starts writes its audit log under the test run's own folder and
-    looks for an approver there, never the user's; tests of either point the variables at their
-    own tmp_path."""
+    """Every `mcpshield run` a test starts writes its audit log and its caches under the test run's
+    own folders and looks for an approver there, never the user's; tests of any of them point the
+    variables at their own tmp_path."""
     if "MCPSHIELD_LOG_DIR" not in os.environ:
         import tempfile
 
@@ -39,6 +39,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
         os.environ["MCPSHIELD_APPROVER_DIR"] = _TEST_APPROVER = tempfile.mkdtemp(prefix="mcpshield-test-approver-")
         config.add_cleanup(lambda: shutil.rmtree(_TEST_APPROVER, ignore_errors=True))
+    if "MCPSHIELD_CACHE_DIR" not in os.environ:  # the sandbox's probe cache and server caches
+        import tempfile
+
+        os.environ["MCPSHIELD_CACHE_DIR"] = _TEST_CACHE = tempfile.mkdtemp(prefix="mcpshield-test-cache-")
+        config.add_cleanup(lambda: shutil.rmtree(_TEST_CACHE, ignore_errors=True))
 
 
 INIT_PARAMS: Final = {
@@ -218,3 +223,11 @@ def shield() -> Iterator[Callable[..., LineClient]]:
 
 def environ_with(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}
+
+
+def sandbox_unavailable(why: str) -> NoReturn:
+    """Skips a test whose sandbox feature this machine lacks; with MCPSHIELD_REQUIRE_SANDBOX=1
+    (CI sets it) fails it instead, so that a missing feature cannot pass as a skip."""
+    if os.environ.get("MCPSHIELD_REQUIRE_SANDBOX") == "1":
+        pytest.fail(f"{why}, and MCPSHIELD_REQUIRE_SANDBOX=1: run scripts/setup --dev as root")
+    pytest.skip(why)

@@ -376,9 +376,87 @@ def tool_read_file(server: FakeServer, req_id: RequestId, arguments: JSON, param
 
 def tool_write_file(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
     path = str_arg(arguments, "path")
-    with open(path, "w", encoding="utf-8") as file:
-        file.write(str_arg(arguments, "content"))
+    try:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(str_arg(arguments, "content"))
+    except OSError as exc:
+        return {**text_result(f"cannot write {path}: {exc.strerror}"), "isError": True}
     return text_result(f"wrote {path}")
+
+
+def failed(what: str, exc: OSError) -> JSON:
+    return {**text_result(f"{what}: {exc.strerror or exc}"), "isError": True}
+
+
+def tool_connect(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
+    import socket
+
+    try:
+        with socket.create_connection((str_arg(arguments, "host"), int_arg(arguments, "port")), timeout=5):
+            return text_result("connected")
+    except OSError as exc:
+        return failed("cannot connect", exc)
+
+
+def tool_udp(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"x", (str_arg(arguments, "host"), int_arg(arguments, "port")))
+            return text_result("sent")
+    except OSError as exc:
+        return failed("cannot send", exc)
+
+
+def tool_http_get(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
+    """GET `url` the way most programs do: through HTTP(S)_PROXY when the environment names one."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(str_arg(arguments, "url"), timeout=10) as answer:  # noqa: S310
+            return text_result(f"{answer.status} {answer.read(200).decode('utf-8', 'replace')}")
+    except urllib.error.HTTPError as exc:
+        return {**text_result(f"HTTP {exc.code} {exc.read(300).decode('utf-8', 'replace')}"), "isError": True}
+    except (urllib.error.URLError, OSError) as exc:
+        return {**text_result(f"cannot fetch: {getattr(exc, 'reason', exc)}"), "isError": True}
+
+
+def tool_open_files(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
+    """Opens /dev/null up to `count` times; says how many it could hold open at once."""
+    held: list[int] = []
+    try:
+        for _ in range(int_arg(arguments, "count")):
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    finally:
+        for fd in held:
+            os.close(fd)
+    return text_result(str(len(held)))
+
+
+def tool_run(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
+    """Runs `argv` (bounded) and returns its status and output."""
+    argv = arguments.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(word, str) for word in argv) or not argv:
+        raise ToolError("argument 'argv' must be a non-empty list of strings")
+    try:
+        done = subprocess.run(argv, capture_output=True, timeout=20, check=False)
+    except OSError as exc:
+        return failed(f"cannot run {argv[0]}", exc)
+    output = (done.stdout + done.stderr).decode("utf-8", "replace")
+    return text_result(json.dumps({"status": done.returncode, "output": output[-2000:]}))
+
+
+HELD_MEMORY: list[bytearray] = []
+
+
+def tool_alloc(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
+    """Allocates `mb` MiB, touches every page and keeps it."""
+    HELD_MEMORY.append(bytearray(b"x") * (int_arg(arguments, "mb") * 1024 * 1024))
+    return text_result(f"holding {sum(len(block) for block in HELD_MEMORY) // (1024 * 1024)} MiB")
 
 
 def tool_fetch(server: FakeServer, req_id: RequestId, arguments: JSON, params: JSON) -> JSON | None:
@@ -452,6 +530,19 @@ TOOLS: dict[str, Tool] = {
         "Write `content` to the file at `path`.", tool_write_file, {"path": STR, "content": STR}, ("path", "content")
     ),
     "fetch": Tool("Pretend to fetch `url`.", tool_fetch, {"url": STR}, ("url",)),
+    "connect": Tool(
+        "Open a TCP connection to `host`:`port` and close it.",
+        tool_connect,
+        {"host": STR, "port": INT},
+        ("host", "port"),
+    ),
+    "udp": Tool("Send one UDP datagram to `host`:`port`.", tool_udp, {"host": STR, "port": INT}, ("host", "port")),
+    "http_get": Tool("GET `url` (through HTTP(S)_PROXY if set).", tool_http_get, {"url": STR}, ("url",)),
+    "open_files": Tool("Open up to `count` files at once; say how many.", tool_open_files, {"count": INT}, ("count",)),
+    "run": Tool(
+        "Run `argv`; return its status and output.", tool_run, {"argv": {"type": "array", "items": STR}}, ("argv",)
+    ),
+    "alloc": Tool("Allocate and hold `mb` MiB.", tool_alloc, {"mb": INT}, ("mb",)),
     "needs_input": Tool(
         "Return an input_required result asking the client for `method` (2026-07-28 style).",
         tool_needs_input,

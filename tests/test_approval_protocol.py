@@ -9,6 +9,7 @@ from mcpshield.approval.protocol import (
     Decision,
     Hello,
     Malformed,
+    Remembered,
     Request,
     Withdraw,
     decode_to_approver,
@@ -25,11 +26,14 @@ from mcpshield.jsonrpc import arguments_hash
         Hello(pid=2, profile=None, server="x", client="Claude"),
         Request("write_file", {"path": "/x", "big": 2**80, "text": "\u202e\x1b[2J"}, "tools.ask", "Sure?", 45),
         Request("t", {}, None, None, 0.25, id="abc"),
+        Request("t", {}, None, None, 1, late_s=120, always_file="/home/me/.config/mcpshield/profiles/p.toml"),
         Withdraw("abc", "cancelled"),
         Withdraw("abc", "timeout"),
+        Remembered("abc", "/home/me/p.toml", None),
+        Remembered("abc", None, "read-only"),
     ],
 )
-def test_wrapper_messages_survive_a_round_trip(message: Hello | Request | Withdraw) -> None:
+def test_wrapper_messages_survive_a_round_trip(message: Hello | Request | Withdraw | Remembered) -> None:
     line = encode(message)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert decode_to_approver(line.rstrip(b"\n")) == message
@@ -78,3 +82,21 @@ def test_a_decision_must_be_one_of_the_four() -> None:
     line = b'{"type": "decision", "id": "a", "decision": "maybe", "reason": null, "approver_uid": 0}'
     assert isinstance(decode_to_wrapper(line), Malformed)
     assert isinstance(decode_to_wrapper(encode(Withdraw("a", "timeout"))), Malformed)
+
+
+def test_a_request_from_an_older_wrapper_takes_no_late_decision_and_offers_no_always() -> None:
+    line = (
+        b'{"type":"request","id":"a","tool":"t","arguments":{},"args_sha256":"x","rule":null,"prompt":null,'
+        b'"timeout_s":1}'
+    )
+    request = decode_to_approver(line)
+    assert isinstance(request, Request) and request.late_s == 0 and request.always_file is None
+
+
+@pytest.mark.parametrize("late", ["-1", "1e999", "true"])
+def test_a_requests_late_window_is_zero_or_positive_and_finite(late: str) -> None:
+    line = (
+        b'{"type":"request","id":"a","tool":"t","arguments":{},"args_sha256":"x","rule":null,"prompt":null,'
+        b'"timeout_s":1,"late_s":' + late.encode() + b"}"
+    )
+    assert isinstance(decode_to_approver(line), Malformed)

@@ -9,6 +9,7 @@ reaches the client as a refusal the model can act on.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def _wrapped(
     """The terminal channel alone unless `elicitation`: the test client declares elicitation."""
     profile = tmp_path / "ask.toml"
     profile.write_text(PROFILE.format(timeout=timeout, elicitation=str(elicitation).lower()))
-    env = environ_with(MCPSHIELD_APPROVER_DIR=str(approver_dir))
+    env = environ_with(MCPSHIELD_APPROVER_DIR=str(approver_dir), MCPSHIELD_LOG_DIR=str(tmp_path / "logs"))
     client = shield(*fake_argv(), flags=["--profile", str(profile)], env=env)
     client.initialize()
     client.request(1, "tools/list")  # the catalog first, so calls are judged at once
@@ -187,16 +188,61 @@ def test_a_session_approval_covers_the_same_call_again_but_no_other(
     assert approver.line()["arguments"]["content"] == "something else"
 
 
-def test_nobody_answering_refuses_the_call_when_the_timeout_ends(
+def test_nobody_answering_refuses_the_call_when_the_timeout_ends_saying_how_to_retry(
     shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
 ) -> None:
     client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver, timeout=1)
-    answer = client.answer_for(2)
-    assert "the user did not answer within 1 s" in _text(answer)
-    assert "`mcpshield approvals`" in _text(answer)
-    assert approver.line() == {"id": pending["id"], "resolved": "timeout"}
-    approver.decide(pending["id"], "once")  # too late: it runs nothing
-    assert "error" in approver.line()
+    text = _text(client.answer_for(2))
+    assert "the user did not answer within 1 s" in text
+    assert "approve write_file in `mcpshield approvals`, where it stays for 120 s more" in text
+    assert "then call it again with the same arguments" in text
+    assert approver.line() == {"id": pending["id"], "resolved": "timeout", "late_s": 120.0}
+    assert not target.exists()
+
+
+def test_a_late_approval_runs_the_identical_retry_once_never_the_stale_call(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver, timeout=1)
+    client.answer_for(2)  # refused: timed out
+    assert approver.line()["resolved"] == "timeout"
+    approver.decide(pending["id"], "once")
+    assert approver.line() == {"id": pending["id"], "resolved": "once", "late": True}
+    client.wait_stderr(b"approved (once) after it had timed out")
+    assert not target.exists()  # the stale call never runs
+    _write(client, 3, target, content="approved")  # the model calls again: it runs without asking
+    assert not client.answer_for(3)["result"].get("isError")
+    assert target.read_text() == "approved"
+    _write(client, 4, target)  # used up: the next identical call is asked about again
+    assert approver.line()["tool"] == "write_file"
+    client.close_stdin()
+    client.wait()
+    calls = _audited_calls(tmp_path)
+    assert calls[2]["approval"]["decision"] == "timeout" and calls[2]["outcome"] == "refused"
+    assert calls[3]["approval"] == {
+        "channel": "terminal", "approver_uid": os.getuid(), "decision": "once", "late": True, "wait_ms": 0
+    }  # fmt: skip
+    assert calls[3]["outcome"] == "answered"
+
+
+def _audited_calls(tmp_path: Path) -> dict[Any, JSON]:
+    """The session's tool-call events by id (the session is over: its file is complete)."""
+    (path,) = (tmp_path / "logs").glob("*/*.jsonl")
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    return {e["id"]: e for e in events if e["event"] == "request" and e["method"] == "tools/call"}
+
+
+def test_a_late_approval_does_not_cover_other_arguments(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    client, target, pending = _waiting_call(shield, tmp_path, approver_dir, approver, timeout=1)
+    client.answer_for(2)
+    approver.line()
+    approver.decide(pending["id"], "once")
+    approver.line()
+    client.wait_stderr(b"after it had timed out")
+    _write(client, 3, target, content="something else")
+    assert approver.line()["arguments"]["content"] == "something else"
     assert not target.exists()
 
 

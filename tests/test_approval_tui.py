@@ -3,6 +3,7 @@ capture-pane and typed at with send-keys, answering ApproverLinks run on the tes
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -10,6 +11,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -18,7 +20,7 @@ import pytest
 from approvers import outcome_of, settled
 from conftest import ROOT
 
-from mcpshield.approval.client import ApproverLink
+from mcpshield.approval.client import ApproverLink, Outcome
 from mcpshield.approval.protocol import Hello, Request
 
 pytestmark = pytest.mark.anyio
@@ -98,9 +100,9 @@ class Pane:
 
 
 @asynccontextmanager
-async def approver_in_tmux(tmux: str, place: Path) -> AsyncIterator[Pane]:
+async def approver_in_tmux(tmux: str, place: Path, *, env: str = "", flags: str = "") -> AsyncIterator[Pane]:
     pane = Pane(tmux, place.parent / f"tmux-{uuid.uuid4().hex[:8]}")  # removed with the directory
-    command = f"env MCPSHIELD_APPROVER_DIR={place} {sys.executable} -m mcpshield approvals"
+    command = f"env MCPSHIELD_APPROVER_DIR={place} {env} {sys.executable} -m mcpshield approvals {flags}"
     try:
         await pane.tmux("new-session", "-d", "-s", pane.name, "-x", "120", "-y", "40", "-c", str(ROOT), command)
         await pane.shows("listening on")
@@ -144,12 +146,18 @@ async def test_d_denies_with_the_reason_typed(tmux: str, place: Path) -> None:
         assert (outcome.decision, outcome.reason) == ("deny", "not on a Friday")
 
 
-async def test_a_asks_for_confirmation_before_approving_always(tmux: str, place: Path) -> None:
+async def test_a_asks_for_confirmation_naming_the_file_and_the_rule_before_approving_always(
+    tmux: str, place: Path
+) -> None:
     async with approver_in_tmux(tmux, place) as pane, wrapper(place) as link:
-        done, box = await outcome_of(link, write_file(path="/tmp/a"))
+        mine = place.parent / "mine.toml"
+        mine.write_text("")
+        request = replace(write_file(path="/tmp/a"), always_file=str(mine))
+        done, box = await outcome_of(link, request)
         await pane.shows('"path": "/tmp/a"')
         await pane.keys("a")
-        await pane.shows("y/n")
+        await pane.shows("y/n", f"This appends to {mine}:", "[[approval.always]]", 'tool = "write_file"')
+        await pane.shows(f'args_sha256 = "{request.args_sha256}"')
         await pane.keys("n")
         await pane.shows("nothing was decided")
         assert not done.is_set()
@@ -157,6 +165,24 @@ async def test_a_asks_for_confirmation_before_approving_always(tmux: str, place:
         await pane.shows("y/n")
         await pane.keys("y")
         assert (await settled(done, box)).decision == "always"
+
+
+async def test_always_under_a_shipped_profile_says_the_users_profile_is_created(tmux: str, place: Path) -> None:
+    async with approver_in_tmux(tmux, place) as pane, wrapper(place) as link:
+        new = place.parent / "profiles" / "filesystem.toml"
+        await outcome_of(link, replace(write_file(path="/tmp/c"), always_file=str(new)))
+        await pane.shows('"path": "/tmp/c"')
+        await pane.keys("a")
+        await pane.shows(f"This creates {new}", "(extending the shipped profile 'filesystem') with:")
+
+
+async def test_always_is_not_offered_when_no_profile_file_can_take_the_rule(tmux: str, place: Path) -> None:
+    async with approver_in_tmux(tmux, place) as pane, wrapper(place) as link:
+        done, _box = await outcome_of(link, write_file(path="/tmp/ro"))  # always_file None: read-only
+        await pane.shows('"path": "/tmp/ro"')
+        await pane.keys("a")
+        await pane.shows("approve always is not available")
+        assert not done.is_set()
 
 
 async def test_control_and_bidi_characters_are_shown_escaped(tmux: str, place: Path) -> None:
@@ -199,3 +225,58 @@ async def test_a_terminal_too_small_shows_a_message_and_recovers(tmux: str, plac
         await pane.shows('"path": "/tmp/small"')
         await pane.keys("o")
         assert (await settled(done, box)).decision == "once"
+
+
+def fake_notify_send(directory: Path) -> Path:
+    """A `notify-send` that records its arguments (as JSON) in `directory`/notified.json."""
+    script = directory / "bin" / "notify-send"
+    script.parent.mkdir()
+    record = directory / "notified.json"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, sys\nopen({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+    )
+    script.chmod(0o755)
+    return record
+
+
+async def test_a_new_request_also_sends_a_desktop_notification(tmux: str, place: Path) -> None:
+    record = fake_notify_send(place.parent)
+    env = f"PATH={place.parent / 'bin'}:{os.environ['PATH']} DISPLAY=:99"
+    async with approver_in_tmux(tmux, place, env=env) as pane, wrapper(place) as link:
+        await outcome_of(link, write_file(path="/tmp/n"))
+        await pane.shows('"path": "/tmp/n"')
+        await pane.until(lambda _screen: record.exists() and record.read_text() != "", "a notification")
+        argv = json.loads(record.read_text())
+        assert argv[:2] == ["--app-name=mcpshield", "--"]
+        assert argv[2] == "mcpshield: a call waits for your approval"
+        assert argv[3] == "write_file from tui-test (npx -y server-everything)"
+
+
+async def test_no_notify_sends_none(tmux: str, place: Path) -> None:
+    record = fake_notify_send(place.parent)
+    env = f"PATH={place.parent / 'bin'}:{os.environ['PATH']} DISPLAY=:99"
+    async with approver_in_tmux(tmux, place, env=env, flags="--no-notify") as pane, wrapper(place) as link:
+        request = write_file(path="/tmp/quiet")
+        done, box = await outcome_of(link, request)
+        await pane.shows('"path": "/tmp/quiet"')
+        await pane.keys("o")  # decided after the notifier would have been started, had it been
+        await settled(done, box)
+        assert not record.exists()
+
+
+async def test_a_timed_out_request_stays_marked_late_and_o_approves_its_retry(tmux: str, place: Path) -> None:
+    async with approver_in_tmux(tmux, place) as pane, wrapper(place) as link:
+        request = replace(write_file(path="/tmp/late"), timeout_s=0.5, late_s=PATIENT_S)
+        late, box = anyio.Event(), list[Outcome]()
+
+        def on_late(_request: Request, outcome: Outcome) -> None:
+            box.append(outcome)
+            late.set()
+
+        link.submit(request, lambda _outcome: None, on_late)
+        await pane.shows("TIMED OUT: the call was refused", '"path": "/tmp/late"', "late  write_file")
+        await pane.keys("o")
+        with anyio.fail_after(SCREEN_TIMEOUT_S):
+            await late.wait()
+        assert box[0].decision == "once"
+        await pane.shows("approved once, late: the same call runs when the model makes it again", "nothing waiting")

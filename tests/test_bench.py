@@ -11,9 +11,9 @@ from conftest import ROOT
 
 #: Bound on the whole quick run; it takes a few seconds on an idle machine.
 QUICK_RUN_TIMEOUT_S = 120
-TARGETS = {"direct", "naive", "mcpshield", "no-audit", "profile", "secret"}
-# Targets whose profile refuses calls (the secret profile extends the bench profile).
-REFUSING = {"profile", "secret"}
+TARGETS = {"direct", "naive", "mcpshield", "no-audit", "profile", "secret", "sandbox"}
+# Targets whose profile refuses calls (the secret and sandbox profiles extend the bench profile).
+REFUSING = {"profile", "secret", "sandbox"}
 REFUSED_KINDS = {"unknown_tool", "rule"}
 
 

@@ -26,6 +26,7 @@ from mcpshield.approval.protocol import (
     Decision,
     Hello,
     Malformed,
+    Remembered,
     Request,
     Withdraw,
     WithdrawReason,
@@ -42,6 +43,11 @@ RECONNECT_INTERVAL_S: Final = 0.1
 #: Shortest wait told to an approver that gets a request again after a restart (it never waits).
 MIN_RESENT_TIMEOUT_S: Final = 0.001
 NO_APPROVER: Final = "no approver is running: start `mcpshield approvals` in a terminal of this user"
+#: Why nothing reaches a terminal approver on Windows (its transport is a named pipe, not built).
+NOT_ON_WINDOWS: Final = (
+    "the terminal approver is not available on Windows yet (its named pipe is not built); "
+    "Tip: approve in a client that supports MCP elicitation, or run mcpshield under WSL"
+)
 
 OutcomeKind: TypeAlias = Literal["once", "session", "always", "deny", "timeout", "unavailable", "cancelled"]
 
@@ -54,7 +60,11 @@ class Outcome:
     decision: OutcomeKind
     reason: str | None = None
     approver_uid: int | None = None
-    channel: Literal["terminal"] = "terminal"
+    channel: Literal["terminal", "tty"] = "terminal"
+
+
+#: on_late(request, outcome): a decision made after the request timed out (see Request.late_s).
+OnLate: TypeAlias = Callable[[Request, Outcome], None]
 
 
 @dataclass(eq=False)
@@ -63,6 +73,7 @@ class _Wait:
     on_outcome: Callable[[Outcome], None]
     deadline: float
     timer: anyio.CancelScope
+    on_late: OnLate | None = None
 
 
 class ApproverLink:
@@ -84,8 +95,10 @@ class ApproverLink:
         self._tg = task_group
         self._directory = directory
         self._report = report or _stderr
-        self._uid = os.getuid()
+        self._uid = os.getuid() if hasattr(os, "getuid") else -1
         self._waits: dict[str, _Wait] = {}
+        #: Requests that timed out and may still be decided late: id -> (request, on_late, until).
+        self._late: dict[str, tuple[Request, OnLate, float]] = {}
         self._outbox: MemoryObjectSendStream[bytes] | None = None
         self._connecting = False
         self._why_unavailable = NO_APPROVER
@@ -100,18 +113,24 @@ class ApproverLink:
         """Requests submitted and not yet resolved."""
         return len(self._waits)
 
-    def submit(self, request: Request, on_outcome: Callable[[Outcome], None]) -> None:
+    def submit(self, request: Request, on_outcome: Callable[[Outcome], None], on_late: OnLate | None = None) -> None:
         """Asks for a decision on `request`. `on_outcome` is called exactly once, from the event
         loop and never before `submit` returns: with the decision, or timeout after
-        `request.timeout_s`, unavailable (no approver), or cancelled (`withdraw`)."""
+        `request.timeout_s`, unavailable (no approver), or cancelled (`withdraw`). After a
+        timeout, a decision the approver still sends within `request.late_s` goes to `on_late`."""
         if request.id in self._waits:
             raise ValueError(f"request id {request.id!r} is already waiting")
+        if sys.platform == "win32":
+            self._unavailable(NOT_ON_WINDOWS, loud=True)
+            self._tg.start_soon(_call, on_outcome, Outcome("unavailable", NOT_ON_WINDOWS))
+            return
         line = encode(request)
         if len(line) > MAX_LINE_BYTES:
             too_big = Outcome("unavailable", f"the call is too large to show the approver (over {MAX_LINE_BYTES} B)")
             self._tg.start_soon(_call, on_outcome, too_big)
             return
-        wait = _Wait(request, on_outcome, anyio.current_time() + request.timeout_s, anyio.CancelScope())
+        deadline = anyio.current_time() + request.timeout_s
+        wait = _Wait(request, on_outcome, deadline, anyio.CancelScope(), on_late if request.late_s > 0 else None)
         self._waits[request.id] = wait
         self._tg.start_soon(self._expire, wait)
         if self._outbox is not None:
@@ -142,11 +161,21 @@ class ApproverLink:
         the request was not waiting."""
         return self._finish(request_id, Outcome(why), withdraw=why)
 
+    def remembered(self, request_id: str, file: str | None, error: str | None) -> None:
+        """Tells the approver what became of its "always" (best effort: not sent if it went away)."""
+        if self._outbox is not None:
+            self._send(encode(Remembered(request_id, file, error)))
+
     def _finish(self, request_id: str, outcome: Outcome, withdraw: WithdrawReason | None = None) -> bool:
         wait = self._waits.pop(request_id, None)
         if wait is None:
             return False
         wait.timer.cancel()
+        if withdraw == "timeout" and wait.on_late is not None:
+            now = anyio.current_time()
+            for stale in [key for key, (_r, _f, until) in self._late.items() if until <= now]:
+                del self._late[stale]
+            self._late[request_id] = (wait.request, wait.on_late, now + wait.request.late_s)
         if withdraw is not None and self._outbox is not None:
             self._send(encode(Withdraw(request_id, withdraw)))
         wait.on_outcome(outcome)
@@ -250,9 +279,13 @@ class ApproverLink:
             self._report(f"the approver sent a line over {MAX_LINE_BYTES} bytes; disconnected")
 
     def _decided(self, message: Decision) -> None:
-        # A decision for a request no longer waiting crossed our withdrawal: nothing to do.
         outcome = Outcome(message.decision, message.reason, self._uid)
-        self._finish(message.id, outcome)
+        if self._finish(message.id, outcome):
+            return
+        late = self._late.pop(message.id, None)
+        if late is not None and late[2] > anyio.current_time():
+            late[1](late[0], outcome)
+        # Else a decision for a request no longer waiting crossed our withdrawal: nothing to do.
 
 
 async def _call(on_outcome: Callable[[Outcome], None], outcome: Outcome) -> None:

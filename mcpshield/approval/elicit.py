@@ -26,7 +26,8 @@ MAX_SHOWN_ARGUMENTS: Final = 2000
 
 Verdict = Literal["approve", "deny", "unavailable"]
 
-_SCHEMA: Final = {
+#: The form: one required field, `decision`, a string `approve` or `deny`.
+SCHEMA: Final = {
     "type": "object",
     "properties": {
         "decision": {
@@ -73,7 +74,7 @@ class Elicitor:
             own_id = f"{ID_PREFIX}{self._seq}"
             if own_id not in self._ledger:
                 break
-        params = {"message": text, "requestedSchema": _SCHEMA}
+        params = {"message": text, "requestedSchema": SCHEMA}
         raw = orjson.dumps({"jsonrpc": "2.0", "id": own_id, "method": "elicitation/create", "params": params})
         msg = jsonrpc.decode(raw)
         assert isinstance(msg, Message)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import curses
-import json
 import locale
 import os
 import signal
@@ -20,9 +19,11 @@ from typing import Final, Literal
 
 import anyio
 
+from mcpshield.approval.notify import Notifier
 from mcpshield.approval.protocol import Choice, Hello, Request
+from mcpshield.approval.render import detail_lines
 from mcpshield.approval.server import ApproverServer
-from mcpshield.audit.show import json_safe, visible
+from mcpshield.audit.show import visible
 
 #: Below this the layout cannot show a request usefully; a short message is shown instead.
 MIN_ROWS: Final = 12
@@ -37,7 +38,7 @@ _KEYS: Final = "o once  s session  a always  d deny  j/k select  PgUp/PgDn scrol
 _SAID: Final = {
     "once": "approved once",
     "session": "approved for this session",
-    "always": "approved always (for now: until that server stops)",
+    "always": "approved always (the wrapper writes the rule into the profile)",
     "deny": "denied",
     "timeout": "timed out (the wrapper stopped waiting)",
     "cancelled": "cancelled by the client, or decided in it",
@@ -49,11 +50,13 @@ _BACKSPACE: Final = ("\x7f", "\b", curses.KEY_BACKSPACE)
 Mode = Literal["list", "confirm", "reason"]
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Waiting:
     request: Request
     hello: Hello
     since: float
+    #: Set once it timed out: until when a late decision is still taken (monotonic).
+    late_until: float | None = None
 
 
 def _cells(char: str) -> int:
@@ -86,20 +89,34 @@ def wrap(text: str, width: int) -> list[str]:
 
 def detail(item: _Waiting) -> list[str]:
     """Everything about one request, every untrusted character made visible; arguments whole."""
-    request, hello = item.request, item.hello
-    lines = [
-        f"tool:    {visible(request.tool)}",
-        f"rule:    {visible(request.rule or '(none)')}",
-        f"server:  {visible(hello.server)}",
-        f"client:  {visible(hello.client or '(unknown)')}   profile: {visible(hello.profile or '(none)')}"
-        f"   pid: {hello.pid}   timeout: {request.timeout_s:.0f} s",
-    ]
-    if request.prompt is not None:
-        lines.append(f"prompt:  {visible(request.prompt)}")
-    pretty = json.dumps(request.arguments, indent=2, ensure_ascii=False, sort_keys=True)
-    lines.append("arguments:")
-    lines.extend(json_safe(pretty.encode("utf-8", "surrogatepass")).decode("utf-8", "replace").split("\n"))
+    lines = detail_lines(item.request, item.hello)
+    if item.late_until is not None:
+        left = max(int(item.late_until - time.monotonic()), 0)
+        lines.insert(0, f"TIMED OUT: the call was refused. Approving now (for {left} s more) lets the same call run")
+        lines.insert(1, "when the model makes it again; the stale call itself never runs.")
     return lines
+
+
+def confirmation(request: Request) -> list[str]:
+    """What approving always writes, and where: shown whole before the person says y."""
+    file = request.always_file or "?"
+    if os.path.exists(file):
+        what = [f"APPROVE ALWAYS? This appends to {visible(file)}:"]
+    else:  # the wrapper runs a shipped profile: its rules go into the user's own, made to extend it
+        name = os.path.splitext(os.path.basename(file))[0]
+        what = [
+            f"APPROVE ALWAYS? This creates {visible(file)}",
+            f"(extending the shipped profile {visible(name)!r}) with:",
+        ]
+    return [
+        *what,
+        "  [[approval.always]]",
+        f'  tool = "{visible(request.tool)}"',
+        f'  args_sha256 = "{request.args_sha256}"',
+        "so this call (this tool, exactly these arguments) runs without asking from now on, in this",
+        "session and the next ones of that profile; other arguments are still asked about. y: write it, n: back",
+        "",
+    ]
 
 
 def _age(seconds: float) -> str:
@@ -110,9 +127,10 @@ def _age(seconds: float) -> str:
 class Console:
     """The Sink that keeps the waiting requests and draws them; keys come in through `key`."""
 
-    def __init__(self, screen: curses.window, where: Path) -> None:
+    def __init__(self, screen: curses.window, where: Path, notifier: Notifier | None = None) -> None:
         self.screen = screen
         self.server: ApproverServer | None = None
+        self.notifier = notifier
         self.done = anyio.Event()
         self._where = where
         self._waiting: dict[str, _Waiting] = {}
@@ -129,19 +147,43 @@ class Console:
         self._waiting[request.id] = _Waiting(request, hello, time.monotonic())
         with contextlib.suppress(curses.error):
             curses.beep()
+        if self.notifier is not None:
+            self.notifier.new_request(request, hello)
         self.draw()
 
-    def resolved(self, request_id: str, outcome: str) -> None:
-        item = self._waiting.pop(request_id, None)
+    def resolved(self, request_id: str, outcome: str, *, late_s: float = 0.0, late: bool = False) -> None:
+        item = self._waiting.get(request_id)
         if item is None:
             return
         said = _SAID.get(outcome, outcome)
+        if late_s > 0:  # it stays, decidable late
+            item.late_until = time.monotonic() + late_s
+            said = f"{said}; still decidable for {late_s:g} s: approving lets the model's retry run"
+        else:
+            self._forget(request_id)
+            if late:
+                said = f"{said}, late: the same call runs when the model makes it again"
         self._status = f"{visible(item.request.tool)} ({visible(item.hello.server)}): {said}"
+        self.draw()
+
+    def gone(self, request_id: str) -> None:
+        item = self._waiting.get(request_id)
+        if item is not None:
+            self._forget(request_id)
+            self._status = f"{visible(item.request.tool)}: no longer decidable (its late window ended)"
+            self.draw()
+
+    def remembered(self, request_id: str, file: str | None, error: str | None) -> None:
+        said = f"the rule is in {file}" if error is None else f"for this session only: {error}"
+        self._status = visible(f"approved always: {said}")
+        self.draw()
+
+    def _forget(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
         if request_id == self._target:
             self._mode, self._target = "list", None
         self._selected = min(self._selected, max(len(self._waiting) - 1, 0))
         self._scroll = 0
-        self.draw()
 
     def report(self, text: str) -> None:
         self._status = visible(text)
@@ -168,8 +210,11 @@ class Console:
                 self._decide(chosen, "once", None)
             elif key == "s":
                 self._decide(chosen, "session", None)
+            elif key == "a" and self._waiting[chosen].request.always_file is None:
+                self._status = "approve always is not available: this session's profile file cannot take a rule"
             else:
                 self._mode, self._target, self._reason = ("confirm" if key == "a" else "reason"), chosen, ""
+                self._scroll = 0
         self.draw()
 
     def _confirm(self, key: str | int) -> None:
@@ -223,13 +268,17 @@ class Console:
         for row, index in enumerate(range(first, min(first + height, len(items))), start=2):
             item = items[index]
             tool, client = fit(visible(item.request.tool), 24), fit(visible(item.hello.client or "?"), 14)
-            line = f"{'>' if index == self._selected else ' '} {_age(now - item.since):>6}  {tool:<24}  {client:<14}  "
+            age = "late" if item.late_until is not None else _age(now - item.since)
+            line = f"{'>' if index == self._selected else ' '} {age:>6}  {tool:<24}  {client:<14}  "
             line = fit(line + visible(item.hello.server), cols - 1)
             self._put(row, line, cols, curses.A_REVERSE if index == self._selected else curses.A_NORMAL)
         if not items:
             self._put(2, "  (nothing waiting)", cols)
         top, bottom = 2 + height, rows - 2
-        body = [] if not items else [part for line in detail(items[self._selected]) for part in wrap(line, cols - 1)]
+        lines = [] if not items else detail(items[self._selected])
+        if self._mode == "confirm" and self._target in self._waiting:
+            lines = confirmation(self._waiting[self._target].request) + lines
+        body = [part for line in lines for part in wrap(line, cols - 1)]
         self._scroll = min(self._scroll, max(len(body) - (bottom - top - 1), 0))
         shown = body[self._scroll : self._scroll + bottom - top - 1]
         where = f" lines {self._scroll + 1}-{self._scroll + len(shown)} of {len(body)} " if body else " "
@@ -242,7 +291,7 @@ class Console:
 
     def _prompt(self) -> str:
         if self._mode == "confirm":
-            return "approve ALWAYS (same tool, same arguments; for now until that server stops)? y/n"
+            return "approve ALWAYS, writing the rule shown above? y/n"
         if self._mode == "reason":
             return f"deny; reason (optional), Enter to send, Esc to go back: {visible(self._reason)}"
         return _KEYS
@@ -290,12 +339,13 @@ def _terminal() -> Iterator[curses.window]:
         curses.endwin()
 
 
-def serve_interactive() -> int:
-    """Runs the interactive approver until `q`, SIGINT or SIGTERM (exit 0)."""
-    return anyio.run(_serve, backend="asyncio")
+def serve_interactive(*, notify: bool = True) -> int:
+    """Runs the interactive approver until `q`, SIGINT or SIGTERM (exit 0); `notify`: a desktop
+    notification per new request too (best effort)."""
+    return anyio.run(_serve, notify, backend="asyncio")
 
 
-async def _serve() -> int:
+async def _serve(notify: bool) -> int:
     from mcpshield.approval.location import approver_dir
     from mcpshield.approval.server import listen
 
@@ -308,6 +358,7 @@ async def _serve() -> int:
                 console.server = server = ApproverServer(console)
                 console.resize()  # curses believes an inherited LINES/COLUMNS, often stale: ask the terminal
                 async with anyio.create_task_group() as tg:
+                    console.notifier = Notifier(tg, enabled=notify)
                     await tg.start(server.serve, listening.listener)
                     loop.add_reader(0, console.read_keys)
                     try:

@@ -26,6 +26,17 @@ MAX_SOCKET_PATH_BYTES: Final = 103
 _PRIVATE_BITS: Final = 0o077
 
 
+def require_unix_sockets() -> None:
+    """Refuses, with a Tip, where the approver's transport is not built (Windows: a named pipe)."""
+    if sys.platform == "win32":
+        from mcpshield.errors import UnsupportedPlatform
+
+        raise UnsupportedPlatform(
+            "the terminal approver is not available on Windows yet (its named pipe is not built)",
+            "approve in a client that supports MCP elicitation, or run mcpshield under WSL",
+        )
+
+
 def approver_dir(*, create: bool = True) -> Path:
     """The approver's directory, made private (0700) when `create`; a directory that is a
     symbolic link, not a directory, or owned by another user raises ApprovalError. Without

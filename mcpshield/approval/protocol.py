@@ -1,6 +1,6 @@
 """The approver's wire protocol: one JSON object per line over a Unix stream socket, each with a "type".
 
-Wrapper → approver: hello (once, first), request, withdraw. Approver → wrapper: decision.
+Wrapper → approver: hello (once, first), request, withdraw, remembered. Approver → wrapper: decision.
 Decoding never raises: a line that is not a valid message comes back as `Malformed`.
 """
 
@@ -55,6 +55,12 @@ class Request:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     args_sha256: str = ""
     """SHA-256 of the canonical arguments (filled in from `arguments` when left empty)."""
+    late_s: float = 0.0
+    """After its timeout, how long a late decision is still taken (it then pre-authorises an
+    identical retry); 0: never."""
+    always_file: str | None = None
+    """The profile file "always" would write its rule into; None: "always" approves for the
+    session only (no profile file can take the rule)."""
 
     def __post_init__(self) -> None:
         if not self.args_sha256:
@@ -67,6 +73,15 @@ class Withdraw:
 
     id: str
     why: WithdrawReason
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What became of an "always": the rule written into `file`, or `error` saying why not."""
+
+    id: str
+    file: str | None
+    error: str | None
 
 
 @dataclass(frozen=True)
@@ -86,11 +101,19 @@ class Malformed:
     why: str
 
 
-ToApprover: TypeAlias = Hello | Request | Withdraw
-_TYPES: Final[dict[type, str]] = {Hello: "hello", Request: "request", Withdraw: "withdraw", Decision: "decision"}
+ToApprover: TypeAlias = Hello | Request | Withdraw | Remembered
+_TYPES: Final[dict[type, str]] = {
+    Hello: "hello",
+    Request: "request",
+    Withdraw: "withdraw",
+    Remembered: "remembered",
+    Decision: "decision",
+}
+#: Request fields an older wrapper leaves out, and what they then mean.
+_REQUEST_DEFAULTS: Final = {"late_s": 0.0, "always_file": None}
 
 
-def encode(message: Hello | Request | Withdraw | Decision) -> bytes:
+def encode(message: Hello | Request | Withdraw | Remembered | Decision) -> bytes:
     """The message as one line, newline included."""
     body = {"type": _TYPES[type(message)], **asdict(message)}
     try:
@@ -110,7 +133,7 @@ def decode_to_approver(line: bytes) -> ToApprover | Malformed:
     if kind == "request":
         req: Request | Malformed = _build(
             Request,
-            body,
+            {**_REQUEST_DEFAULTS, **body},
             id=(str,),
             tool=(str,),
             arguments=(dict,),
@@ -118,16 +141,22 @@ def decode_to_approver(line: bytes) -> ToApprover | Malformed:
             rule=(str, None),
             prompt=(str, None),
             timeout_s=(int, float),
+            late_s=(int, float),
+            always_file=(str, None),
         )
         if isinstance(req, Request) and not (math.isfinite(req.timeout_s) and req.timeout_s > 0):
             return Malformed("a request's timeout_s must be a positive number of seconds")
+        if isinstance(req, Request) and not (math.isfinite(req.late_s) and req.late_s >= 0):
+            return Malformed("a request's late_s must be 0 or a positive number of seconds")
         return req
     if kind == "withdraw":
         withdraw = _build(Withdraw, body, id=(str,), why=(str,))
         if isinstance(withdraw, Withdraw) and withdraw.why not in WITHDRAW_REASONS:
             return Malformed(f"a withdraw's why must be one of {', '.join(WITHDRAW_REASONS)}")
         return withdraw
-    return Malformed(f"unknown message type {kind!r} (expected hello, request or withdraw)")
+    if kind == "remembered":
+        return _build(Remembered, body, id=(str,), file=(str, None), error=(str, None))
+    return Malformed(f"unknown message type {kind!r} (expected hello, request, withdraw or remembered)")
 
 
 def decode_to_wrapper(line: bytes) -> Decision | Malformed:
@@ -161,7 +190,7 @@ def _no_constant(name: str) -> None:
 
 
 _Kinds: TypeAlias = tuple[type | None, ...]
-_M = TypeVar("_M", Hello, Request, Withdraw, Decision)
+_M = TypeVar("_M", Hello, Request, Withdraw, Remembered, Decision)
 
 
 def _build(cls: type[_M], body: dict[str, Any], **spec: _Kinds) -> _M | Malformed:

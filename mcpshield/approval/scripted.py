@@ -46,11 +46,26 @@ class JsonLines:
                 "pid": hello.pid,
                 "args_sha256": request.args_sha256,
                 "timeout_s": request.timeout_s,
+                "always_file": request.always_file,
             }
         )
 
-    def resolved(self, request_id: str, outcome: str) -> None:
-        self._line({"id": request_id, "resolved": outcome})
+    def resolved(self, request_id: str, outcome: str, *, late_s: float = 0.0, late: bool = False) -> None:
+        body: dict[str, Any] = {"id": request_id, "resolved": outcome}
+        if late_s:
+            body["late_s"] = late_s
+        if late:
+            body["late"] = True
+        self._line(body)
+
+    def gone(self, request_id: str) -> None:
+        """Nothing is printed: the `timeout` line said how long a late decision is taken."""
+
+    def remembered(self, request_id: str, file: str | None, error: str | None) -> None:
+        if error is None:
+            self._line({"id": request_id, "remembered": file})
+        else:
+            self._line({"id": request_id, "error": f"approved for this session only: {error}"})
 
     def error(self, text: str, request_id: object = None) -> None:
         self._line({"id": request_id, "error": text} if isinstance(request_id, str) else {"error": text})

@@ -26,6 +26,7 @@ from mcpshield.approval.protocol import (
     Decision,
     Hello,
     Malformed,
+    Remembered,
     Request,
     ToApprover,
     Withdraw,
@@ -46,9 +47,17 @@ class Sink(Protocol):
 
     def pending(self, request: Request, hello: Hello) -> None: ...
 
-    def resolved(self, request_id: str, outcome: str) -> None:
+    def resolved(self, request_id: str, outcome: str, *, late_s: float = 0.0, late: bool = False) -> None:
         """`outcome`: the decision, or timeout / cancelled (the wrapper withdrew it) / withdrawn
-        (its wrapper went away)."""
+        (its wrapper went away). A timeout with `late_s` > 0 leaves the request decidable that
+        long (a late decision pre-authorises an identical retry); such a decision comes with
+        `late` true."""
+
+    def gone(self, request_id: str) -> None:
+        """A request that timed out is no longer decidable late (nothing is printed for it)."""
+
+    def remembered(self, request_id: str, file: str | None, error: str | None) -> None:
+        """What the wrapper made of an "always": the rule written into `file`, or why not."""
 
     def report(self, text: str) -> None: ...
 
@@ -134,6 +143,8 @@ class _Wrapper:
     outbox: MemoryObjectSendStream[bytes]
     hello: Hello | None = None
     ids: set[str] = field(default_factory=set)
+    #: Requests decided "always", whose `remembered` is still to come.
+    always: set[str] = field(default_factory=set)
 
     @property
     def name(self) -> str:
@@ -147,26 +158,38 @@ class ApproverServer:
         self._sink = sink
         self._uid = os.getuid()
         self._pending: dict[str, tuple[_Wrapper, Request]] = {}
+        #: Requests that timed out and may still be decided late, with when that ends.
+        self._late: dict[str, tuple[_Wrapper, Request, anyio.CancelScope]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
 
     async def serve(
         self, listener: anyio.abc.SocketListener, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Accepts connections until cancelled."""
         async with anyio.create_task_group() as tg:
+            self._tg = tg
             task_status.started()
             await listener.serve(self._handle, tg)
 
     def decide(self, request_id: str, choice: Choice, reason: str | None) -> bool:
-        """Sends a decision to the wrapper that asked; False when no request has that id."""
-        entry = self._pending.pop(request_id, None)
-        if entry is None:
-            return False
-        wrapper, _request = entry
+        """Sends a decision to the wrapper that asked (also for a request that timed out and is
+        still decidable late); False when no request has that id."""
+        late = self._late.pop(request_id, None)
+        if late is not None:
+            wrapper, timer = late[0], late[2]
+            timer.cancel()
+        else:
+            entry = self._pending.pop(request_id, None)
+            if entry is None:
+                return False
+            wrapper = entry[0]
         wrapper.ids.discard(request_id)
+        if choice == "always":
+            wrapper.always.add(request_id)
         answer = encode(Decision(request_id, choice, reason, self._uid))
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             wrapper.outbox.send_nowait(answer)
-        self._sink.resolved(request_id, choice)
+        self._sink.resolved(request_id, choice, late=late is not None)
         return True
 
     async def _handle(self, stream: anyio.abc.SocketStream) -> None:
@@ -216,16 +239,53 @@ class ApproverServer:
             wrapper.ids.add(message.id)
             self._sink.pending(message, wrapper.hello)
             return None
+        if isinstance(message, Remembered):
+            if message.id not in wrapper.always:
+                return f"remembered for {message.id!r}, which was not approved always"
+            wrapper.always.discard(message.id)
+            self._sink.remembered(message.id, message.file, message.error)
+            return None
         assert isinstance(message, Withdraw)
-        entry = self._pending.get(message.id)
-        if entry is not None and entry[0] is wrapper:  # else: already decided, a race that is fine
-            del self._pending[message.id]
-            wrapper.ids.discard(message.id)
-            self._sink.resolved(message.id, message.why)
+        self._withdrawn(wrapper, message)
         return None
+
+    def _withdrawn(self, wrapper: _Wrapper, message: Withdraw) -> None:
+        late = self._late.get(message.id)
+        if late is not None and late[0] is wrapper:  # the wrapper no longer takes a late decision
+            self._forget_late(message.id)
+            return
+        entry = self._pending.get(message.id)
+        if entry is None or entry[0] is not wrapper:  # already decided: a race that is fine
+            return
+        del self._pending[message.id]
+        request = entry[1]
+        if message.why == "timeout" and request.late_s > 0 and self._tg is not None:
+            timer = anyio.CancelScope()
+            self._late[message.id] = (wrapper, request, timer)
+            self._tg.start_soon(self._expire_late, message.id, request.late_s, timer)
+            self._sink.resolved(message.id, "timeout", late_s=request.late_s)
+            return
+        wrapper.ids.discard(message.id)
+        self._sink.resolved(message.id, message.why)
+
+    async def _expire_late(self, request_id: str, late_s: float, timer: anyio.CancelScope) -> None:
+        with timer:
+            await anyio.sleep(late_s)
+            self._forget_late(request_id)
+
+    def _forget_late(self, request_id: str) -> None:
+        late = self._late.pop(request_id, None)
+        if late is not None:
+            late[0].ids.discard(request_id)
+            late[2].cancel()
+            self._sink.gone(request_id)
 
     def _drop(self, wrapper: _Wrapper) -> None:
         for request_id in sorted(wrapper.ids):
+            if request_id in self._late:
+                self._forget_late(request_id)
+                continue
             self._pending.pop(request_id, None)
             self._sink.resolved(request_id, "withdrawn")
         wrapper.ids.clear()
+        wrapper.always.clear()

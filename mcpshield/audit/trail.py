@@ -109,8 +109,10 @@ class AuditTrail:
         entry.audit[4] = (decision, rule)
 
     def ended(self, entry: Entry, outcome: str, now: float) -> None:
-        """Records a request that will get no answer from its peer: cancelled, server gone, ..."""
-        self._log.record("request", self._event(entry, outcome, outcome != "cancelled", now, 0))
+        """Records a request that will get no answer from its peer: cancelled, server gone, or
+        answered by mcpshield's own question for the client's user (input_required)..."""
+        is_error = outcome not in ("cancelled", "input_required")
+        self._log.record("request", self._event(entry, outcome, is_error, now, 0))
 
     def _event(self, entry: Entry, outcome: str, is_error: bool, now: float, redactions: int) -> dict[str, Any]:
         """The request's event, built once, when it is over; its entry forgets it."""

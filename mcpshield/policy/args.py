@@ -5,7 +5,6 @@ No I/O but what reading a path needs (`policy.paths`: symlinks and directory ent
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,7 +12,7 @@ from typing import Any, Final
 
 import orjson
 
-from mcpshield.policy.hosts import cidr, embedded_ipv4, host_glob, url_host
+from mcpshield.policy.hosts import HostSet, host_readings, url_host
 from mcpshield.policy.paths import PathReader, PathResolver, ReadBudget, Roots, Unreadable
 from mcpshield.profile.model import ArgCondition
 
@@ -241,54 +240,24 @@ class _Hosts(_Condition):
     address (`[::ffff:169.254.169.254]`) is read both ways: a deny rule about either catches it,
     an allow rule must allow both."""
 
-    __slots__ = ("_any", "_exact", "_ranges", "_suffixes")
+    __slots__ = ("_hosts",)
 
     def __init__(self, globs: Sequence[str]) -> None:
         listed = ", ".join(printable(glob, 60) for glob in globs) or "(no host)"
         expect = f"be a URL whose host matches {listed}"
         usable = "a plain http, https, ws or wss URL (no user@, spaces, backslashes or unusual host forms)"
         super().__init__("hosts", expect, usable)
-        self._any = "*" in globs
-        exact: set[str] = set()
-        suffixes: list[str] = []
-        ranges: list[tuple[int, int, int]] = []
-        for glob in globs:
-            if glob == "*":
-                continue
-            network = cidr(glob)
-            if network is not None:
-                ranges.append((network.version, int(network.network_address), int(network.broadcast_address)))
-                continue
-            wildcard, host = host_glob(glob)
-            if wildcard:
-                suffixes.append("." + host)
-            else:
-                exact.add(host)
-        self._exact = frozenset(exact)
-        self._suffixes = tuple(suffixes)
-        self._ranges = tuple(ranges)
+        self._hosts = HostSet(globs)
 
     def readings(self, value: object, budget: ReadBudget | None = None) -> Sequence[Reading] | Unreadable | None:
         host = url_host(value)
         if host is None:
             return None
-        ipv4 = embedded_ipv4(host) if ":" in host else None
-        if ipv4 is None:
-            return ((self._holds(host), f"whose host is {host}"),)
-        note = f"whose host is {host}, which is {ipv4}"
-        return ((self._holds(host), note), (self._holds(ipv4), note))
-
-    def _holds(self, host: str) -> bool:
-        if self._any or host in self._exact or host.endswith(self._suffixes):
-            return True
-        if not self._ranges or not (":" in host or host[-1].isdigit()):  # cheap: not an address
-            return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:  # a name such as `host1`
-            return False
-        number = int(address)
-        return any(version == address.version and low <= number <= high for version, low, high in self._ranges)
+        readings = host_readings(host)
+        if len(readings) == 1:
+            return ((self._hosts.matches(host), f"whose host is {host}"),)
+        note = f"whose host is {host}, which is {readings[1]}"
+        return tuple((self._hosts.matches(reading), note) for reading in readings)
 
 
 # -- rules ---------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Host names out of URLs, read the one way every URL parser agrees on, for `hosts` conditions;
-and the entries of a `hosts` list: host names, `*.` globs and CIDR ranges."""
+the entries of a `hosts` list (host names, `*.` globs, CIDR ranges, `*`) and `HostSet`, which
+matches hosts against them (for rules and for the sandbox's egress proxy)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -133,3 +135,70 @@ def host_glob(glob: str) -> tuple[bool, str]:
     if host is None:
         raise ValueError(f"{glob!r} is not a host name, `*.` and a host name, `[IPv6]`, a CIDR range, or `*`")
     return wildcard, host
+
+
+def host_readings(host: str) -> tuple[str, ...]:
+    """The ways a canonical host reaches a machine: itself, and for an IPv6 address that carries
+    an IPv4 one (`::ffff:169.254.169.254`), that IPv4 address too."""
+    ipv4 = embedded_ipv4(host) if ":" in host else None
+    return (host,) if ipv4 is None else (host, ipv4)
+
+
+class HostSet:
+    """A `hosts` list compiled for matching: exact hosts, `*.` suffixes, CIDR ranges and `*`.
+
+    Pure and immutable once built. Hosts given to it are canonical (`canonical_host`, `url_host`).
+    A name never matches an address nor an address a name: `*.example.com` says nothing about the
+    addresses example.com resolves to, and only `*`, an address or a range matches an address."""
+
+    __slots__ = ("_any", "_exact", "_ranges", "_suffixes")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        """Raises ValueError for an entry that `check_host_entry` refuses."""
+        self._any = False
+        exact: set[str] = set()
+        suffixes: list[str] = []
+        ranges: list[tuple[int, int, int]] = []
+        for entry in entries:
+            if entry == "*":
+                self._any = True
+                continue
+            network = cidr(entry)
+            if network is not None:
+                ranges.append((network.version, int(network.network_address), int(network.broadcast_address)))
+                continue
+            wildcard, host = host_glob(entry)
+            if wildcard:
+                suffixes.append("." + host)
+            else:
+                exact.add(host)
+        self._exact = frozenset(exact)
+        self._suffixes = tuple(suffixes)
+        self._ranges = tuple(ranges)
+
+    def matches(self, host: str) -> bool:
+        """Whether the canonical `host`, read as it is written, is in the set."""
+        if self._any or host in self._exact or host.endswith(self._suffixes):
+            return True
+        if not self._ranges or not (":" in host or host[-1:].isdigit()):  # cheap: not an address
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a name such as `host1`
+            return False
+        number = int(address)
+        return any(version == address.version and low <= number <= high for version, low, high in self._ranges)
+
+    def matches_every_reading(self, host: str) -> bool:
+        """What an allow list asks: the host is in the set however it is read (`host_readings`)."""
+        return all(self.matches(reading) for reading in host_readings(host))
+
+    def matches_some_reading(self, host: str) -> bool:
+        """What a deny list asks: the host is in the set under some reading (`host_readings`)."""
+        return any(self.matches(reading) for reading in host_readings(host))
+
+    def __repr__(self) -> str:
+        return (
+            f"HostSet(any={self._any}, exact={len(self._exact)}, "
+            f"suffixes={len(self._suffixes)}, ranges={len(self._ranges)})"
+        )

@@ -188,6 +188,17 @@ class AuditSection(_Model):
     then on, "continue" goes on without a log (one line on stderr says so)."""
 
 
+class AlwaysRule(_Model):
+    """A call a person approved "always" in `mcpshield approvals` (mcpshield appends these):
+    where the profile says `ask`, this exact call runs without asking. It never turns a `deny`."""
+
+    tool: str
+    """The tool's exact name (not a glob)."""
+    args_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """SHA-256 of the call's canonical arguments (sorted keys, no spaces), as the approver and
+    the audit log show it: other arguments are asked about as before."""
+
+
 class ApprovalSection(_Model):
     """How a call the profile says to `ask` about is put to a person (see docs/approvals.md)."""
 
@@ -198,6 +209,71 @@ class ApprovalSection(_Model):
     """Also ask in the client, through MCP elicitation, when the client declared it: the first
     answer from either channel decides. It approves one call once, never for the session or
     always. False: only the terminal approver (`mcpshield approvals`) can approve."""
+    always: tuple[AlwaysRule, ...] = ()
+    """Calls approved "always" (`[[approval.always]]` tables, written by mcpshield): united
+    across `extends`."""
+
+
+class SandboxSection(_Model):
+    """The OS sandbox the server runs in (see docs/sandbox.md). Without this table the server runs
+    unsandboxed; with it, every key has the default shown and isolation that cannot be had here
+    stops the launch unless `enforcement = "best_effort"`."""
+
+    enforcement: Literal["required", "best_effort"] = "required"
+    """"required": refuse to start when any restriction below cannot be enforced on this machine;
+    "best_effort": start anyway and say once on stderr (and in the audit log) what is not enforced."""
+    backend: Literal["auto", "bubblewrap", "landlock", "seatbelt", "none"] = "auto"
+    """"auto" picks the strongest that works here (`mcpshield doctor` shows which)."""
+    network: bool | Globs = False
+    """false: no network (a loopback of its own at most); true: any; a list of hosts (names, `*.`
+    globs, CIDR ranges, as in a rule's `hosts`): HTTP and HTTPS through mcpshield's egress proxy
+    to those hosts only."""
+    network_deny: Globs | None = None
+    """Hosts the egress proxy refuses even when `network` lists them (checked first, also
+    against the addresses a name resolves to); absent: the cloud metadata ranges
+    (169.254.0.0/16, fe80::/10, fd00:ec2::254)."""
+    read: Globs | None = None
+    """Directories or files the server may read, besides the system directories every program
+    needs; absent: the whole filesystem except `deny`."""
+    write: Globs = ()
+    """Directories or files the server may write (and read). They must exist."""
+    deny: Globs | None = None
+    """Neither readable nor writable, whatever `read` and `write` say; absent: a default list of
+    credential stores (~/.ssh, ~/.aws, ~/.gnupg, ~/.config/gcloud, ... see docs/sandbox.md)."""
+    memory_mb: Annotated[int, Field(ge=0)] = 0
+    """The server's whole process tree is killed when its resident memory passes this; 0: no limit."""
+    cpu_seconds: Annotated[int, Field(ge=0)] = 0
+    """CPU time each process of the server may use in all (RLIMIT_CPU); 0: no limit."""
+    max_open_files: Annotated[int, Field(ge=32, le=1_048_576)] = 1024
+    """Open files per process (RLIMIT_NOFILE); node needs a few dozen to start."""
+    caches: bool = True
+    """Give the server private, writable npm, uv and pip caches (per server, under mcpshield's
+    cache directory) so `npx` and `uvx` servers can start."""
+
+    _one = field_validator("read", "write", "deny", "network_deny", mode="before")(_as_tuple)
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("network", "network_deny")
+    @classmethod
+    def _host_entries(cls, entries: bool | Globs | None) -> bool | Globs | None:
+        if isinstance(entries, tuple):
+            for entry in entries:
+                check_host_entry(entry)
+        return entries
+
+    @field_validator("read", "write", "deny")
+    @classmethod
+    def _paths(cls, paths: Globs | None) -> Globs | None:
+        for path in paths or ():
+            if not (path.startswith(("/", "~/")) or path == "~"):
+                raise ValueError(f"{path!r}: sandbox paths are absolute or start with ~/")
+            if "\x00" in path:
+                raise ValueError("a sandbox path cannot contain a NUL byte")
+        return paths
 
 
 class Profile(_Model):
@@ -217,6 +293,8 @@ class Profile(_Model):
     limits: LimitsSection = Field(default_factory=LimitsSection)
     audit: AuditSection = Field(default_factory=AuditSection)
     approval: ApprovalSection = Field(default_factory=ApprovalSection)
+    sandbox: SandboxSection | None = None
+    """Absent: the server runs without an OS sandbox (the policy still applies)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Variables the server gets on top of the minimal environment, each `keyring:SECRET` (a
     secret from the OS keyring, see `mcpshield secret set`), `env:VAR` (from mcpshield's own
