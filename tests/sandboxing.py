@@ -133,13 +133,13 @@ def write_profile(who: Who, work: Path, sandbox: str, tools: str = 'default = "a
     return path
 
 
-def shield_fake(who: Who, work: Path, profile: Path, *flags: str) -> LineClient:
-    """`mcpshield run` around the fake server, as `who`, from `work`."""
+def shield_fake(who: Who, work: Path, profile: Path, *flags: str, cwd: Path | None = None) -> LineClient:
+    """`mcpshield run` around the fake server, as `who`, from `cwd` (default: `work`)."""
     argv: Sequence[str] = [
         who.python, "-m", "mcpshield", "run", "--profile", str(profile), *flags, "--",
         who.python, FAKE_SERVER,
     ]  # fmt: skip
-    return LineClient(argv, env=environment(who, work), cwd=str(work), **who.popen_options())
+    return LineClient(argv, env=environment(who, work), cwd=str(cwd or work), **who.popen_options())
 
 
 def text(answer: dict[str, Any]) -> str:

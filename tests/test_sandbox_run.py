@@ -261,3 +261,20 @@ def test_the_server_starts_in_mcpshields_working_directory(backend: str) -> None
     with alone(backend) as one:
         answer = one.call("run", argv=["pwd"])
         assert json.loads(text(answer))["output"].strip() == str(one.work)
+
+
+def test_started_from_the_hosts_tmp_the_server_starts_in_its_write_folder_instead() -> None:
+    """bubblewrap gives the server a /tmp of its own: the host's cannot be its directory."""
+    require("bubblewrap")
+    who = root()
+    with workdir(who) as work:
+        make_dirs(who, work / "out")
+        profile = write_profile(who, work, f'backend = "bubblewrap"\nwrite = ["{work}/out"]')
+        client = shield_fake(who, work, profile, cwd=Path("/tmp"))
+        try:
+            client.initialize()
+            client.call(1, "run", {"argv": ["pwd"]})
+            assert json.loads(text(client.answer_for(1)))["output"].strip() == str(work / "out")
+            assert b"cannot see /tmp" in client.stderr_text()
+        finally:
+            client.kill()

@@ -31,6 +31,8 @@ FORWARD_PORT: Final = 3128
 CACHE_VARS: Final = {"npm_config_cache": "npm", "UV_CACHE_DIR": "uv", "PIP_CACHE_DIR": "pip"}
 #: Proxy variables for the child; NO_PROXY is emptied so even local names go through the proxy.
 PROXY_VARS: Final = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
+#: What bubblewrap replaces with a tmpfs of the sandbox's own: the host's is not visible there.
+PRIVATE_TMP: Final = "/tmp"  # noqa: S108 - named, not created
 #: Characters kept in a server's cache folder name.
 _SAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
 #: The dimensions a sandbox restricts, as `missing` and the launcher's `required` name them.
@@ -120,7 +122,7 @@ def prepare(spec: SandboxSpec, launch: LaunchSpec, server: str, *, caches: bool 
         _proxy_env(env, egress)
     env[INNER_PLAN_ENV] = json.dumps(_plan_json(plan))
     inner = (sys.executable, "-I", "-m", "mcpshield.sandbox.inner")
-    wrapped = _wrap(choice, spec=spec, inner=inner, extra_write=extra_write, cwd=launch.cwd, egress=egress)
+    wrapped = _wrap(choice, spec=spec, argv=argv, inner=inner, extra_write=extra_write, cwd=launch.cwd, egress=egress)
     summary = {
         "backend": choice.backend,
         "enforcement": spec.enforcement,
@@ -262,6 +264,7 @@ def _wrap(
     choice: Choice,
     *,
     spec: SandboxSpec,
+    argv: tuple[str, ...],
     inner: tuple[str, ...],
     extra_write: tuple[str, ...],
     cwd: str | None,
@@ -272,12 +275,14 @@ def _wrap(
         from mcpshield.sandbox.bwrap import bwrap_argv
 
         assert choice.bwrap is not None
+        cwd = cwd or os.getcwd()
+        named = _named_in_private_tmp(argv, cwd) if spec.read is None else ()
         return bwrap_argv(
             spec,
             inner,
-            system_read=_system_read(),
+            system_read=(*_system_read(), *named),
             extra_write=extra_write,
-            cwd=_visible_cwd(spec, cwd or os.getcwd()),
+            cwd=_visible_cwd(spec, cwd, named),
             proxy_socket=egress.sock.getsockname() if egress and egress.unix_dir else None,
             bwrap=choice.bwrap,
         )
@@ -290,18 +295,39 @@ def _wrap(
     return list(inner)
 
 
-def _visible_cwd(spec: SandboxSpec, cwd: str) -> str:
-    """The server's working directory: mcpshield's, or where the server can see it is not
-    among the `read` paths, the first `write` path (else `/`), said once on stderr."""
-    if spec.read is None or any(_inside(cwd, p) for p in (*spec.read, *spec.write, *_system_read())):
+def _named_in_private_tmp(argv: tuple[str, ...], cwd: str) -> tuple[str, ...]:
+    """The folders directly under the host's /tmp that the server's command names (its program,
+    an argument that is an existing path, its working directory): bubblewrap's private /tmp would
+    hide the server's own code and files, so these stay visible, read-only."""
+    named: list[str] = []
+    for word in (*argv, cwd):
+        if not os.path.isabs(word) or not os.path.exists(word):
+            continue
+        for path in {os.path.normpath(word), os.path.realpath(word)}:
+            parts = path.split("/")
+            if len(parts) > 2 and f"/{parts[1]}" == PRIVATE_TMP:  # "", "tmp", the name
+                named.append(f"{PRIVATE_TMP}/{parts[2]}")
+    return tuple(dict.fromkeys(named))
+
+
+def _visible_cwd(spec: SandboxSpec, cwd: str, named: tuple[str, ...]) -> str:
+    """The server's working directory under bubblewrap: mcpshield's, or where the server cannot
+    see that (not among the `read` paths, under a `deny` path, or in the host's /tmp, which the
+    sandbox replaces, unless the command names it) the first `write` path, else `/`, said once on
+    stderr."""
+    granted = (*spec.read, *_system_read()) if spec.read is not None else ("/",)
+    hidden = spec.deny if any(_inside(cwd, p) for p in named) else (*spec.deny, PRIVATE_TMP)
+    if any(_inside(cwd, p) for p in spec.write) or (
+        any(_inside(cwd, p) for p in granted) and not any(_inside(cwd, p) for p in hidden)
+    ):
         return cwd
     instead = spec.write[0] if spec.write else "/"
-    sys.stderr.write(f"mcpshield: sandbox: {cwd} is not among the readable paths; the server starts in {instead}\n")
+    sys.stderr.write(f"mcpshield: sandbox: the server cannot see {cwd}; it starts in {instead}\n")
     return instead
 
 
 def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
+    return path == folder or path.startswith(folder.rstrip("/") + "/") or folder == "/"
 
 
 def _plan_json(plan: InnerPlan) -> dict[str, Any]:
