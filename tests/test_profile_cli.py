@@ -281,6 +281,15 @@ def test_a_tool_name_with_glob_characters_is_written_as_a_glob_matching_only_tha
     assert judge.decide("read_xyz", {}).action == "deny"
 
 
+def test_the_starter_suggests_a_sandbox_that_is_valid_once_uncommented() -> None:
+    text = render("plain", ["server"], ServerReport("srv", "1", (tool("read_file"),)))
+    assert Profile.model_validate(tomllib.loads(text)).sandbox is None
+    start = text.index("# [sandbox]")
+    uncommented = text[:start] + "\n".join(line.removeprefix("# ") for line in text[start:].splitlines()) + "\n"
+    sandbox = Profile.model_validate(tomllib.loads(uncommented)).sandbox
+    assert sandbox is not None and sandbox.network is False and sandbox.memory_mb == 2048
+
+
 @given(name=st.text(min_size=1, max_size=20).filter(lambda n: not any(0xD800 <= ord(c) <= 0xDFFF for c in n)))
 def test_every_tool_name_is_written_as_a_toml_string_and_glob_that_mean_exactly_it(name: str) -> None:
     assert tomllib.loads(f"x = {toml_string(name)}")["x"] == name

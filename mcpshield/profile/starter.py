@@ -35,6 +35,15 @@ LAUNCHERS: Final = frozenset(
 )  # fmt: skip
 #: Launcher subcommands passed over when looking for the server's name (`uv run X`, `pipx run X`).
 SUBCOMMANDS: Final = frozenset({"run", "exec", "x", "dlx", "tool"})
+#: Ends every starter profile: the OS sandbox is the server's to need, so it is only suggested.
+SANDBOX_HINT: Final = (
+    "# The OS sandbox (docs/sandbox.md): uncomment to confine the server to what it needs;",
+    "# `mcpshield doctor` says what this machine can enforce.",
+    "# [sandbox]",
+    '# network = false          # or the hosts it must reach: ["api.example.com"]',
+    "# write = []               # the folders it may change",
+    "# memory_mb = 2048",
+)
 #: Longest description kept (as a comment above each tool).
 DESCRIPTION_CHARS: Final = 100
 _NPM_PACKAGE: Final = re.compile(r"@[a-z0-9][\w.-]*/[a-z0-9][\w.-]*", re.IGNORECASE)
@@ -97,6 +106,8 @@ def render(name: str, argv: Sequence[str], report: ServerReport) -> str:
         'default = "deny"',
         *_tool_list("allow", allow),
         *_tool_list("ask", ask),
+        "",
+        *SANDBOX_HINT,
     ]
     text = "\n".join(lines) + "\n"
     _self_check(text, allow, ask)
