@@ -9,12 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
 from mcpshield import __version__
 from mcpshield.errors import AuditError, ShieldError
 from mcpshield.policy import PassThrough, Policy
-from mcpshield.relay import Relay
 from mcpshield.supervisor import Child, LaunchSpec
 
 if TYPE_CHECKING:
@@ -22,6 +19,7 @@ if TYPE_CHECKING:
     from mcpshield.audit.trail import AuditTrail, Recording
     from mcpshield.audit.writer import AuditLog
     from mcpshield.policy.redact import Redactor
+    from mcpshield.relay import Relay
     from mcpshield.sandbox.launch import SandboxedLaunch
 
 
@@ -60,6 +58,11 @@ def run_server(config: RunConfig) -> int:
     sandbox = config.sandbox
     try:
         child = Child(config.launch if sandbox is None else sandbox.launch)
+        # Only now: the server boots while the relay and the event loop are imported.
+        import anyio
+
+        from mcpshield.relay import Relay
+
         relay = Relay(child, config.policy, redactor=config.redactor, trail=trail, approvals=config.approvals)
         try:
             main = relay.run if sandbox is None or sandbox.egress is None else _with_egress(relay, sandbox, log)
@@ -113,6 +116,8 @@ def _open_log(config: RunConfig) -> AuditLog | None:
 
 def _with_egress(relay: Relay, sandbox: SandboxedLaunch, log: AuditLog | None) -> Callable[[], Awaitable[int]]:
     """The relay's run with the egress proxy served beside it, its decisions in the audit log."""
+    import anyio
+
     from mcpshield.sandbox.proxy import EgressProxy, ProxyDecision
 
     egress = sandbox.egress
