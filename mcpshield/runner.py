@@ -68,6 +68,8 @@ def run_server(config: RunConfig) -> int:
             main = relay.run if sandbox is None or sandbox.egress is None else _with_egress(relay, sandbox, log)
             status = anyio.run(main, backend="asyncio", backend_options=_loop_options())
             why = relay.why_ended
+            if sandbox is not None and sandbox.hint and status:
+                sys.stderr.write(f"mcpshield: the server failed in its sandbox. Tip: {sandbox.hint}\n")
             if child.memory_killed_mib is not None:
                 why = f"the server used {child.memory_killed_mib} MiB, over the sandbox's memory_mb: killed"
                 sys.stderr.write(f"mcpshield: {why}\n")

@@ -20,7 +20,18 @@ from typing import Any
 
 import pytest
 from conftest import EXIT_TIMEOUT_S, LineClient, sandbox_unavailable, wait_all_gone
-from sandboxing import Who, is_error, make_dirs, root, shield_fake, text, unprivileged, workdir, write_profile
+from sandboxing import (
+    Who,
+    environment,
+    is_error,
+    make_dirs,
+    root,
+    shield_fake,
+    text,
+    unprivileged,
+    workdir,
+    write_profile,
+)
 
 from mcpshield.sandbox import landlock
 
@@ -276,5 +287,24 @@ def test_started_from_the_hosts_tmp_the_server_starts_in_its_write_folder_instea
             client.call(1, "run", {"argv": ["pwd"]})
             assert json.loads(text(client.answer_for(1)))["output"].strip() == str(work / "out")
             assert b"cannot see /tmp" in client.stderr_text()
+        finally:
+            client.kill()
+
+
+def test_a_package_runner_that_fails_without_network_is_told_which_registry_it_needs() -> None:
+    require("bubblewrap")
+    who = root()
+    with workdir(who) as work:
+        npx = work / "bin" / "npx"
+        make_dirs(who, npx.parent)
+        npx.write_text("#!/bin/sh\necho 'npm error network: getaddrinfo EAI_AGAIN' >&2\nexit 1\n")
+        npx.chmod(0o755)
+        profile = write_profile(who, work, 'backend = "bubblewrap"\nnetwork = false')
+        argv = [who.python, "-m", "mcpshield", "run", "--profile", str(profile), "--", str(npx), "-y", "some-server"]
+        client = LineClient(argv, env=environment(who, work), cwd=str(work))
+        try:
+            assert client.wait(EXIT_TIMEOUT_S) == 1
+            err = client.stderr_text().decode()
+            assert "Tip:" in err and '"registry.npmjs.org" to [sandbox] network' in err, err
         finally:
             client.kill()

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
 FORWARD_PORT: Final = 3128
 #: Caches the package runners keep, each pointed at a private directory when `caches` is on.
 CACHE_VARS: Final = {"npm_config_cache": "npm", "UV_CACHE_DIR": "uv", "PIP_CACHE_DIR": "pip"}
+#: Package runners, and the registry hosts their first start in a sandbox needs.
+PACKAGE_RUNNERS: Final = {
+    "npx": ("registry.npmjs.org",), "pnpx": ("registry.npmjs.org",), "bunx": ("registry.npmjs.org",),
+    "uvx": ("pypi.org", "files.pythonhosted.org"), "pipx": ("pypi.org", "files.pythonhosted.org"),
+}  # fmt: skip
 #: Proxy variables for the child; NO_PROXY is emptied so even local names go through the proxy.
 PROXY_VARS: Final = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
 #: What bubblewrap replaces with a tmpfs of the sandbox's own: the host's is not visible there.
@@ -61,6 +66,8 @@ class SandboxedLaunch:
     egress: EgressPlan | None = None
     memory_mb: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    #: Said on stderr if the server fails: what the sandbox may have kept from it.
+    hint: str | None = None
 
     def close(self) -> None:
         """Closes the proxy's socket and removes its folder. Idempotent."""
@@ -139,6 +146,20 @@ def prepare(spec: SandboxSpec, launch: LaunchSpec, server: str, *, caches: bool 
         egress,
         spec.memory_mb,
         summary,
+        _registry_hint(spec, argv[0]),
+    )
+
+
+def _registry_hint(spec: SandboxSpec, program: str) -> str | None:
+    """For a package runner without the network: its first start must download the server."""
+    registries = PACKAGE_RUNNERS.get(os.path.basename(program))
+    if spec.network is True or registries is None:
+        return None
+    hosts = ", ".join(f'"{host}"' for host in registries)
+    return (
+        f"{os.path.basename(program)} downloads the server into the sandbox's private cache on its first "
+        f"start, which needs its registry: add {hosts} to [sandbox] network, or install the server and "
+        "name its program in the command"
     )
 
 
