@@ -54,9 +54,14 @@ def test_auto_takes_bubblewrap_where_it_works() -> None:
 
 
 def test_auto_falls_back_to_landlock_with_seccomp_when_bubblewrap_fails() -> None:
-    for spec in (OFFLINE, HOSTS, ONLINE):
+    for spec in (OFFLINE, ONLINE):
         choice = choose(spec, NO_BWRAP)
         assert (choice.backend, dict(choice.missing)) == ("landlock", {})
+
+
+def test_a_host_list_under_landlock_is_only_a_port_fence_so_it_counts_as_missing() -> None:
+    choice = choose(HOSTS, NO_BWRAP)
+    assert (choice.backend, dict(choice.missing)) == ("landlock", {"network": probe.FIX_PORT_FENCE})
 
 
 def test_landlock_without_tcp_rules_cannot_enforce_a_host_list() -> None:

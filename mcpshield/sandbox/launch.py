@@ -115,7 +115,6 @@ def prepare(spec: SandboxSpec, launch: LaunchSpec, server: str, *, caches: bool 
     env = dict(launch.env)
     extra_write = _private_dirs(server, env, caches=caches, private_tmp=choice.backend != "bubblewrap")
     egress = _egress(spec, choice.backend)
-    network_enforced = "network" not in choice.missing
     plan = InnerPlan(
         argv=argv,
         **_landlock_fields(spec, choice, extra_write, egress),
@@ -125,7 +124,7 @@ def prepare(spec: SandboxSpec, launch: LaunchSpec, server: str, *, caches: bool 
         forward=Forward(FORWARD_PORT, egress.sock.getsockname()) if egress and egress.unix_dir else None,
         required=_required(choice),
     )
-    if egress is not None and network_enforced:
+    if egress is not None:  # also where only partly enforced (best_effort): the proxy still decides
         _proxy_env(env, egress)
     env[INNER_PLAN_ENV] = json.dumps(_plan_json(plan))
     inner = (sys.executable, "-I", "-m", "mcpshield.sandbox.inner")
@@ -176,7 +175,7 @@ def _refuse_or_warn(spec: SandboxSpec, choice: Choice) -> None:
         )
     for dimension in sorted(choice.missing):
         sys.stderr.write(
-            f"mcpshield: sandbox: {dimension} is not restricted on this machine "
+            f"mcpshield: sandbox: {dimension} is not fully enforced on this machine "
             f"(best_effort): {choice.missing[dimension]}\n"
         )
 

@@ -64,6 +64,13 @@ CHECK_BWRAP: Final = "see bubblewrap's own error: bwrap --unshare-net --ro-bind 
 FIX_LANDLOCK: Final = (
     "Landlock needs Linux 5.13 or later built with CONFIG_SECURITY_LANDLOCK and `landlock` in the lsm= boot parameter"
 )
+#: Landlock filters TCP connect by port alone: with the egress proxy on a loopback port, a server
+#: that reads the port from HTTP_PROXY can reach any host listening on that same port number.
+FIX_PORT_FENCE: Final = (
+    "under Landlock a host list is only a port fence (the server could reach any host on the proxy's "
+    "port); install bubblewrap for a network namespace, or accept the port fence with "
+    'enforcement = "best_effort"'
+)
 FIX_WINDOWS: Final = (
     'Windows has no filesystem or network sandbox in mcpshield yet; enforcement = "best_effort" runs '
     "the server with a Job Object's limits only"
@@ -283,6 +290,8 @@ def _landlock_missing(spec: SandboxSpec, caps: Capabilities) -> dict[str, str]:
         return {"network": "network = false needs seccomp or Landlock ABI 4 (Linux 6.7); or install bubblewrap"}
     if isinstance(spec.network, tuple) and not (tcp and caps.seccomp):
         return {"network": "a host list needs Landlock ABI 4 (Linux 6.7) and seccomp; or install bubblewrap"}
+    if isinstance(spec.network, tuple):
+        return {"network": FIX_PORT_FENCE}
     return {}
 
 
