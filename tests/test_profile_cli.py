@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from mcpshield.policy.tools import ToolJudge
 from mcpshield.profile.model import Profile
 from mcpshield.profile.probe import ServerReport, ToolInfo
-from mcpshield.profile.starter import escape_glob, is_read_looking, match_pattern, render, toml_string
+from mcpshield.profile.starter import escape_glob, is_read_looking, match_pattern, render
+from mcpshield.profile.tomltext import toml_string
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Bound on one CLI run; `profile init` bounds its own conversation at 30 s.

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from mcpshield.approval.protocol import Request
 from mcpshield.errors import ApprovalError, ProfileError
+from mcpshield.profile import tomltext
 from mcpshield.profile.model import LoadedProfile, Profile
 
 #: Characters of the arguments shown in the comment above a rule (the hash binds them all):
@@ -38,7 +39,6 @@ LOCK_TIMEOUT_S: Final = 2.0
 LOCK_POLL_S: Final = 0.02
 NEW_FILE_MODE: Final = 0o600
 NEW_DIR_MODE: Final = 0o700
-_TOML_ESCAPES: Final = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,21 +123,13 @@ def rule_text(tool: str, digest: str, arguments: Any, approver_uid: int | None) 
 
 
 def toml_string(text: str) -> str:
-    """`text` as a TOML basic string, every non-ASCII or control character escaped."""
-    out = []
-    for char in text:
-        code = ord(char)
-        if char in _TOML_ESCAPES:
-            out.append(_TOML_ESCAPES[char])
-        elif 0xD800 <= code <= 0xDFFF:
-            raise ApprovalError(
-                "the tool's name holds a lone surrogate", "a TOML file cannot hold it; approve it per session"
-            )
-        elif code < 0x20 or code == 0x7F or code > 0x7E:
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
+    """`text` as a TOML basic string (see profile.tomltext); an ApprovalError for what TOML cannot hold."""
+    try:
+        return tomltext.toml_string(text)
+    except ValueError:
+        raise ApprovalError(
+            "the tool's name holds a lone surrogate", "a TOML file cannot hold it; approve it per session"
+        ) from None
 
 
 def _comment(text: str) -> str:

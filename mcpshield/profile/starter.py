@@ -19,6 +19,7 @@ from typing import Final
 from mcpshield.errors import ProfileError
 from mcpshield.profile.model import Profile
 from mcpshield.profile.probe import ServerReport, ToolInfo
+from mcpshield.profile.tomltext import toml_string
 
 #: First words of tool names that read and change nothing. Deliberately short: `fetch` and `query`
 #: are left out (a fetch reaches any host, a query may write), as are `open`, `check`, `run`.
@@ -134,20 +135,6 @@ def _tool_list(key: str, tools: Sequence[ToolInfo]) -> list[str]:
             lines.append(f"    # {description}")
         lines.append(f"    {toml_string(escape_glob(tool.name))},")
     return [*lines, "]"]
-
-
-def toml_string(value: str) -> str:
-    """A TOML basic string: quotes, backslashes and every control character escaped."""
-    out = ['"']
-    for ch in value:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif unicodedata.category(ch) == "Cc":
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def _comment(text: str) -> str:
