@@ -16,7 +16,7 @@ import orjson
 from mcpshield import answers, jsonrpc
 from mcpshield.jsonrpc import REQUEST, Message
 from mcpshield.ledger import Entry, Ledger
-from mcpshield.policy import Allow, Ask, Decision, Deny, Direction, Rewrite
+from mcpshield.policy import Allow, Ask, Context, Decision, Deny, Direction, Policy, Rewrite
 
 if TYPE_CHECKING:
     from mcpshield.audit.trail import AuditTrail
@@ -36,6 +36,7 @@ class Aftermath:
     _to_server: list[bytes]
     _to_client: list[bytes]
     _client_ledger: Ledger
+    _policy: Policy
     _shutdown: Shutdown
     _now: float
     _initialize: dict[str, object]
@@ -53,8 +54,13 @@ class Aftermath:
         queued = len(self._to_server)
         try:
             if self._still_waiting(entry, approval):
-                self._to_server.append(msg.raw)
-                self._to_server.append(_NL)
+                ctx = Context(self._now, TO_SERVER, entry, self._client_ledger.active_tool_calls)
+                decision = self._policy.approved(msg, ctx)  # the limits still apply
+                if isinstance(decision, Deny):
+                    self._refuse(msg, TO_SERVER, decision.reason, decision.code)
+                else:
+                    self._to_server.append(orjson.dumps(decision.body) if isinstance(decision, Rewrite) else msg.raw)
+                    self._to_server.append(_NL)
                 self._flush()
         except Exception as exc:
             del self._to_server[queued:]  # not sent: it was not checked through to the end

@@ -51,11 +51,16 @@ def run_server(config: RunConfig) -> int:
     """Opens the audit log, starts the server and relays until it has exited; returns the
     status to exit with."""
     started = time.monotonic()
-    log = _open_log(config) if config.audit is not None else None
+    sandbox = config.sandbox
+    try:
+        log = _open_log(config) if config.audit is not None else None
+    except BaseException:
+        if sandbox is not None:  # its proxy socket and folder are already made
+            sandbox.close()
+        raise
     trail = _trail(log, config.audit) if log is not None and config.audit is not None else None
     status: int | None = None
     why = "mcpshield failed"
-    sandbox = config.sandbox
     try:
         child = Child(config.launch if sandbox is None else sandbox.launch)
         # Only now: the server boots while the relay and the event loop are imported.

@@ -188,6 +188,29 @@ def test_a_session_approval_covers_the_same_call_again_but_no_other(
     assert approver.line()["arguments"]["content"] == "something else"
 
 
+def test_approved_calls_still_count_against_the_profiles_limits(
+    shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
+) -> None:
+    profile = tmp_path / "limited.toml"
+    limits = "\n[limits]\nidentical_calls_per_minute = 2\n"
+    profile.write_text(PROFILE.format(timeout=30, elicitation="false") + limits)
+    env = environ_with(MCPSHIELD_APPROVER_DIR=str(approver_dir), MCPSHIELD_LOG_DIR=str(tmp_path / "logs"))
+    client = shield(*fake_argv(), flags=["--profile", str(profile)], env=env)
+    client.initialize()
+    client.request(1, "tools/list")
+    client.answer_for(1)
+    target = tmp_path / "out.txt"
+    _write(client, 2, target)
+    approver.decide(approver.line()["id"], "session")
+    approver.line()  # resolved
+    assert not client.answer_for(2)["result"].get("isError")
+    _write(client, 3, target)  # approved for the session: runs, the second identical call
+    assert not client.answer_for(3)["result"].get("isError")
+    _write(client, 4, target)  # approved too, but over the loop breaker's limit
+    refused = client.answer_for(4)["result"]
+    assert refused["isError"] and "mcpshield refused this call" in _text({"result": refused})
+
+
 def test_nobody_answering_refuses_the_call_when_the_timeout_ends_saying_how_to_retry(
     shield: Shield, tmp_path: Path, approver_dir: Path, approver: Approver
 ) -> None:

@@ -86,6 +86,11 @@ class Policy(Protocol):
         then holds the call, fetches the list itself, and asks again."""
         ...
 
+    def approved(self, msg: Message, ctx: Context) -> Decision:
+        """What a call a person approved (after `check` said Ask) must still pass before it is
+        sent: Allow, a Rewrite of it, or a Deny (a rate limit, say)."""
+        ...
+
 
 class PassThrough:
     """The explicit no-profile policy: every well-formed message passes unchanged."""
@@ -95,3 +100,6 @@ class PassThrough:
 
     def catalog_needed(self, msg: Message) -> bool:
         return False
+
+    def approved(self, msg: Message, ctx: Context) -> Decision:
+        return ALLOW

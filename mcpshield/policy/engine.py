@@ -147,12 +147,23 @@ class ProfilePolicy:
         problem = self._schema_problem(tool, arguments)
         if problem is not None:
             return Deny(f"mcpshield refused this call: {problem}", None, "schema")
-        if verdict.action == ASK:  # limits apply once a person has said yes, not to a question
+        if verdict.action == ASK:  # limits apply once a person has said yes (`approved`), not to a question
             return Ask(f"call {tool}", verdict.rule)
+        return self._limited(msg, tool, ctx, Allow(verdict.rule))
+
+    def approved(self, msg: Message, ctx: Context) -> Decision:
+        """An approved tool call still counts against the limits, and its 2026-07-28 roots are
+        trimmed, as an allowed one's are."""
+        tool = msg.params.get("name")
+        if msg.method != "tools/call" or type(tool) is not str:
+            return ALLOW
+        return self._limited(msg, tool, ctx, ALLOW)
+
+    def _limited(self, msg: Message, tool: str, ctx: Context, allowed: Allow) -> Decision:
         over = self._over_limit(tool, ctx)
         if over is not None:
             return Deny(f"mcpshield refused this call: {over}", None, "limits")
-        return self._retry(msg, Allow(verdict.rule))
+        return self._retry(msg, allowed)
 
     def _retry(self, msg: Message, decision: Decision) -> Decision:
         """2026-07-28: a retried request carries the client's answers; roots in them are trimmed."""

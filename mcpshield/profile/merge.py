@@ -8,7 +8,7 @@ from typing import TypeVar
 from pydantic import BaseModel
 
 from mcpshield.profile.model import ApprovalSection, LimitsSection, Profile, SandboxSection, ServerSection
-from mcpshield.sandbox.spec import DEFAULT_DENY, DEFAULT_NETWORK_DENY
+from mcpshield.sandbox.spec import DEFAULT_DENY, DEFAULT_NETWORK_DENY, inside
 
 _Section = TypeVar("_Section", bound=BaseModel)
 _LISTS = ("allow", "ask", "deny")
@@ -107,6 +107,8 @@ def _sandbox(base: SandboxSection | None, ext: SandboxSection | None) -> Sandbox
     if base is None or ext is None:
         return ext or base
     merged = _override(base, ext, skip=_SANDBOX_NARROWED)
+    if merged.backend == "none" and base.backend != "none":  # "none" would drop the base's sandbox
+        merged = merged.model_copy(update={"backend": base.backend})
     update: dict[str, object] = {
         "enforcement": "required" if "required" in (base.enforcement, ext.enforcement) else "best_effort",
         "network": _narrower_network(base.network, ext.network),
@@ -140,13 +142,8 @@ def _narrower_paths(base: tuple[str, ...] | None, ext: tuple[str, ...] | None) -
     one lies inside the other."""
     if base is None or ext is None:
         return ext if base is None else base
-    kept = [b for b in base for e in ext if _inside(b, e)] + [e for e in ext for b in base if _inside(e, b)]
+    kept = [b for b in base for e in ext if inside(b, e)] + [e for e in ext for b in base if inside(e, b)]
     return tuple(dict.fromkeys(kept))
-
-
-def _inside(path: str, folder: str) -> bool:
-    path, folder = path.rstrip("/") or "/", folder.rstrip("/") or "/"
-    return path == folder or path.startswith(folder if folder == "/" else folder + "/")
 
 
 def _narrower_network(base: bool | tuple[str, ...], ext: bool | tuple[str, ...]) -> bool | tuple[str, ...]:

@@ -273,6 +273,8 @@ class SandboxSection(_Model):
                 raise ValueError(f"{path!r}: sandbox paths are absolute or start with ~/")
             if "\x00" in path:
                 raise ValueError("a sandbox path cannot contain a NUL byte")
+            if any(char in path for char in "*?["):
+                raise ValueError(f"{path!r}: sandbox paths are literal; `*`, `?` and `[` are not expanded")
         return paths
 
 

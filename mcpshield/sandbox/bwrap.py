@@ -13,7 +13,7 @@ from typing import Final
 
 from mcpshield.errors import SandboxError
 from mcpshield.sandbox.mounts import MountPlan
-from mcpshield.sandbox.spec import SandboxSpec
+from mcpshield.sandbox.spec import PRIVATE_TMP, SandboxSpec
 
 BWRAP: Final = "/usr/bin/bwrap"
 #: Always: a session of its own (no TIOCSTI into the caller's terminal); SIGKILL when its parent
@@ -24,7 +24,6 @@ BASE_FLAGS: Final = (
     "--unshare-cgroup-try", "--cap-drop", "ALL",
 )  # fmt: skip
 #: The sandbox's own /tmp: the host's (other programs' sockets and files) is never visible.
-PRIVATE_TMP: Final = "/tmp"  # noqa: S108 - not a file made there: the mount point
 #: What every program needs to run, where present. /run/current-system: NixOS's profile links.
 SYSTEM_DIRS: Final = (
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt",
@@ -65,6 +64,14 @@ def bwrap_argv(
     if cwd is not None:
         argv += ["--chdir", _checked_cwd(plan, cwd)]
     return [*argv, "--", *inner_argv]
+
+
+def root_secrets() -> tuple[str, ...]:
+    """ROOT_SECRETS with their globs expanded (hidden by every Linux backend)."""
+    found: list[str] = []
+    for pattern in ROOT_SECRETS:
+        found += sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    return tuple(found)
 
 
 def system_read_dirs() -> tuple[str, ...]:
@@ -152,9 +159,8 @@ def _plan(
             )
         plan.expose(proxy_socket, "ro")
     plan.settle_links()
-    for pattern in ROOT_SECRETS:
-        for path in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else (pattern,):
-            plan.hide(path)
+    for path in root_secrets():
+        plan.hide(path)
     for path in spec.deny:
         plan.hide(path)
     return plan

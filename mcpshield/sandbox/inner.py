@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from mcpshield.sandbox import landlock, limits, seccomp
-from mcpshield.sandbox.spec import INNER_PLAN_ENV, Forward, InnerPlan
+from mcpshield.sandbox.spec import DIMENSIONS, INNER_PLAN_ENV, Forward, InnerPlan
 
 if TYPE_CHECKING:
     import socket
@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 EXIT_CANNOT_CONFINE: Final = 126
 #: The exit status when the server's command is not found (as a shell says).
 EXIT_NOT_FOUND: Final = 127
-#: The dimensions a plan may require.
-DIMENSIONS: Final = ("filesystem", "network", "limits")
 #: Bound on reaching the egress proxy's socket; it listens before the sandbox starts, so a slow
 #: connect means it is gone.
 CONNECT_TIMEOUT_S: Final = 10.0

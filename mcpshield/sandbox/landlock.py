@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from mcpshield.sandbox.spec import inside
+
 # The three Landlock syscalls share one number on every Linux architecture but alpha.
 _SYS_CREATE_RULESET: Final = 444
 _SYS_ADD_RULE: Final = 445
@@ -215,9 +217,9 @@ def rule_paths(
 def _allowed_beneath(
     path: str, access: Access, denied: Sequence[str], unlistable: list[str] | None
 ) -> Iterator[tuple[str, Access]]:
-    if any(_within(path, d) for d in denied):
+    if any(inside(path, d) for d in denied):
         return
-    if not any(_within(d, path) for d in denied):
+    if not any(inside(d, path) for d in denied):
         yield path, access
         return
     yield path, "list"  # an ancestor of a denied path: any other right would reach into it
@@ -230,10 +232,6 @@ def _allowed_beneath(
         return
     for child in sorted(children):
         yield from _allowed_beneath(child, access, denied, unlistable)
-
-
-def _within(path: str, tree: str) -> bool:
-    return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
 def _add_path_rules(ruleset: int, pairs: Sequence[tuple[str, Access]], handled: int, skipped: list[str]) -> None:

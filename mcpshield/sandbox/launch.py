@@ -4,6 +4,7 @@ and the in-sandbox launcher's plan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,12 +13,22 @@ import socket
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from mcpshield.errors import SandboxError
-from mcpshield.sandbox.spec import DEFAULT_DENY, DEFAULT_NETWORK_DENY, INNER_PLAN_ENV, Forward, InnerPlan, SandboxSpec
+from mcpshield.sandbox.spec import (
+    DEFAULT_DENY,
+    DEFAULT_NETWORK_DENY,
+    DIMENSIONS,
+    INNER_PLAN_ENV,
+    PRIVATE_TMP,
+    Forward,
+    InnerPlan,
+    SandboxSpec,
+    inside,
+)
 from mcpshield.supervisor import LaunchSpec, resolve_command
 
 if TYPE_CHECKING:
@@ -36,12 +47,8 @@ PACKAGE_RUNNERS: Final = {
 }  # fmt: skip
 #: Proxy variables for the child; NO_PROXY is emptied so even local names go through the proxy.
 PROXY_VARS: Final = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")
-#: What bubblewrap replaces with a tmpfs of the sandbox's own: the host's is not visible there.
-PRIVATE_TMP: Final = "/tmp"  # noqa: S108 - named, not created
 #: Characters kept in a server's cache folder name.
 _SAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
-#: The dimensions a sandbox restricts, as `missing` and the launcher's `required` name them.
-DIMENSIONS: Final = ("filesystem", "network", "limits")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,7 @@ def prepare(spec: SandboxSpec, launch: LaunchSpec, server: str, *, caches: bool 
 
     choice = choose(spec, probe())
     _refuse_or_warn(spec, choice)
+    spec = replace(spec, deny=(*spec.deny, *_own_state()))
     for path in spec.write:
         if not os.path.exists(path):
             raise SandboxError(
@@ -115,10 +123,30 @@ def prepare(spec: SandboxSpec, launch: LaunchSpec, server: str, *, caches: bool 
     env = dict(launch.env)
     extra_write = _private_dirs(server, env, caches=caches, private_tmp=choice.backend != "bubblewrap")
     egress = _egress(spec, choice.backend)
+    try:
+        return _sandboxed(spec, choice, argv=argv, env=env, extra_write=extra_write, egress=egress, launch=launch)
+    except BaseException:
+        if egress is not None:
+            egress.sock.close()
+            if egress.unix_dir is not None:
+                shutil.rmtree(egress.unix_dir, ignore_errors=True)
+        raise
+
+
+def _sandboxed(
+    spec: SandboxSpec,
+    choice: Choice,
+    *,
+    argv: tuple[str, ...],
+    env: dict[str, str],
+    extra_write: tuple[str, ...],
+    egress: EgressPlan | None,
+    launch: LaunchSpec,
+) -> SandboxedLaunch:
     plan = InnerPlan(
         argv=argv,
         **_landlock_fields(spec, choice, extra_write, egress),
-        seccomp=_seccomp_mode(spec) if choice.backend == "landlock" else "none",
+        seccomp=_seccomp_mode(spec) if choice.backend == "landlock" and choice.seccomp else "none",
         rlimit_nofile=spec.max_open_files,
         rlimit_cpu=spec.cpu_seconds,
         forward=Forward(FORWARD_PORT, egress.sock.getsockname()) if egress and egress.unix_dir else None,
@@ -247,15 +275,18 @@ def _landlock_fields(
     would forbid creating anything directly in a `write` folder holding a `deny` path)."""
     if choice.backend != "landlock":
         return {}
+    from mcpshield.sandbox.bwrap import root_secrets
+    from mcpshield.sandbox.landlock import TCP_ABI
+
     read = None if spec.read is None else (*_system_read(), *spec.read)
-    if spec.network is True:
+    if spec.network is True or choice.landlock_abi < TCP_ABI:  # no TCP rules: seccomp's part alone
         ports: tuple[int, ...] | None = None
     else:
         ports = (egress.sock.getsockname()[1],) if egress is not None else ()
     return {
         "landlock_read": read,
         "landlock_write": (*spec.write, *extra_write, *_devices()),
-        "landlock_deny": spec.deny,
+        "landlock_deny": (*spec.deny, *root_secrets()),
         "tcp_connect_ports": ports,
     }
 
@@ -277,7 +308,7 @@ def _system_read() -> tuple[str, ...]:
     from mcpshield.sandbox.bwrap import system_read_dirs
 
     package = str(Path(__file__).resolve().parent.parent)
-    return (*system_read_dirs(), package, "/proc", "/dev", "/sys")
+    return (*system_read_dirs(), package, "/proc", "/sys")  # of /dev only _devices(): not the disks
 
 
 def _wrap(
@@ -331,23 +362,36 @@ def _named_in_private_tmp(argv: tuple[str, ...], cwd: str) -> tuple[str, ...]:
 
 
 def _visible_cwd(spec: SandboxSpec, cwd: str, named: tuple[str, ...]) -> str:
-    """The server's working directory under bubblewrap: mcpshield's, or where the server cannot
-    see that (not among the `read` paths, under a `deny` path, or in the host's /tmp, which the
-    sandbox replaces, unless the command names it) the first `write` path, else `/`, said once on
-    stderr."""
-    granted = (*spec.read, *_system_read()) if spec.read is not None else ("/",)
-    hidden = spec.deny if any(_inside(cwd, p) for p in named) else (*spec.deny, PRIVATE_TMP)
-    if any(_inside(cwd, p) for p in spec.write) or (
-        any(_inside(cwd, p) for p in granted) and not any(_inside(cwd, p) for p in hidden)
+    """The server's working directory under bubblewrap: mcpshield's where the server can see it
+    (a `write` path; else a `read` path, or anywhere when `read` is absent, that no `deny` path
+    covers and that is not in the host's /tmp unless the command names it), else the first
+    `write` path or the sandbox's own /tmp, said once on stderr."""
+    readable = (*spec.read, *_system_read(), *named) if spec.read is not None else ("/",)
+    hidden = (*spec.deny, PRIVATE_TMP) if spec.read is None else spec.deny
+    if any(inside(cwd, p) for p in spec.write) or (
+        (any(inside(cwd, p) for p in readable) and not any(inside(cwd, p) for p in hidden))
+        or (any(inside(cwd, p) for p in named) and not any(inside(cwd, p) for p in spec.deny))
     ):
         return cwd
-    instead = spec.write[0] if spec.write else "/"
+    instead = spec.write[0] if spec.write else PRIVATE_TMP
     sys.stderr.write(f"mcpshield: sandbox: the server cannot see {cwd}; it starts in {instead}\n")
     return instead
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/") or folder == "/"
+def _own_state() -> tuple[str, ...]:
+    """mcpshield's own state, hidden from every server: its profiles (which a server able to write
+    them could loosen), the audit log, the approver's socket (where a server could put requests of
+    its own before the person) and the probe's cache (which decides the next backend)."""
+    from mcpshield.approval.location import approver_dir
+    from mcpshield.audit.location import log_root
+    from mcpshield.errors import ApprovalError
+    from mcpshield.profile.load import user_config_dir
+    from mcpshield.sandbox.probecache import cache_path
+
+    paths = [str(user_config_dir()), str(log_root()), str(cache_path())]
+    with contextlib.suppress(ApprovalError):  # an approver folder nobody can use needs no hiding
+        paths.append(str(approver_dir(create=False)))
+    return tuple(os.path.normpath(path) for path in paths)
 
 
 def _plan_json(plan: InnerPlan) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from mcpshield.errors import SandboxError
+from mcpshield.sandbox.spec import inside
 
 Kind = Literal["ro", "rw", "own", "link"]
 
@@ -83,7 +84,7 @@ class MountPlan:
         real = os.path.realpath(path)
         if not os.path.lexists(real) or self._node(real) is not True:
             return
-        self.hidden = [h for h in self.hidden if not _under(h.dest, real)]
+        self.hidden = [h for h in self.hidden if not inside(h.dest, real)]
         self.hidden.append(Mount("own", real, "dir" if os.path.isdir(real) else "file"))
 
     def settle_links(self) -> None:
@@ -112,14 +113,14 @@ class MountPlan:
         or own filesystem at or above it (the last one made, on a tie); None: bwrap's empty root."""
         best: Mount | None = None
         for mount in self.binds:
-            if _under(path, mount.dest) and (best is None or _depth(mount.dest) >= _depth(best.dest)):
+            if inside(path, mount.dest) and (best is None or _depth(mount.dest) >= _depth(best.dest)):
                 best = mount
         return best
 
     def visible(self, path: str) -> bool:
         """Whether the host's `path` (a path without links) can be seen inside, not hidden."""
         top = self.covering(path)
-        return top is not None and top.shows_host and not any(_under(path, h.dest) for h in self.hidden)
+        return top is not None and top.shows_host and not any(inside(path, h.dest) for h in self.hidden)
 
     def resolve(self, path: str) -> str | None:
         """Where `path` leads inside the sandbox, following its links as the kernel would; None
@@ -154,7 +155,7 @@ class MountPlan:
             if link.dest == path:
                 return link.target
         for hidden in self.hidden:
-            if _under(path, hidden.dest):
+            if inside(path, hidden.dest):
                 return True if path == hidden.dest else None
         top = self.covering(path)
         if top is not None and top.shows_host:
@@ -165,12 +166,12 @@ class MountPlan:
             return os.readlink(path) if stat.S_ISLNK(info.st_mode) else True
         # bwrap's root or an own filesystem: only what bwrap made there exists
         made = [m.dest for m in self.binds] + [m.dest for m in self.links]
-        return True if any(_under(dest, path) for dest in made) else None
+        return True if any(inside(dest, path) for dest in made) else None
 
     def _can_link(self, path: str) -> bool:
         """bwrap can make a link at `path`: nothing is there yet, and every folder above it is
         one bwrap makes itself (not the host's, not a link)."""
-        if any(_under(m.dest, path) for m in (*self.binds, *self.links)):
+        if any(inside(m.dest, path) for m in (*self.binds, *self.links)):
             return False
         for step in (*_parents(path), path):
             top = self.covering(step)
@@ -201,10 +202,5 @@ def _depth(path: str) -> int:
     return 0 if path == "/" else path.count("/")
 
 
-def _under(path: str, tree: str) -> bool:
-    """`path` is `tree` or inside it (both normalised, absolute)."""
-    return tree in ("/", path) or path.startswith(tree + "/")
-
-
 def _under_any(path: str, trees: tuple[str, ...]) -> bool:
-    return any(_under(path, tree) for tree in trees)
+    return any(inside(path, tree) for tree in trees)

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 from mcpshield import __version__
 from mcpshield.errors import SandboxError
 from mcpshield.sandbox import probecache
+from mcpshield.sandbox.landlock import TCP_ABI
 from mcpshield.sandbox.spec import SandboxSpec
 
 Backend = Literal["bubblewrap", "landlock", "seatbelt", "none"]
@@ -41,8 +42,6 @@ USERNS_SYSCTLS: Final = {
     "kernel.unprivileged_userns_clone": "/proc/sys/kernel/unprivileged_userns_clone",
     "kernel.apparmor_restrict_unprivileged_userns": "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
 }
-#: Landlock ABI needed to restrict TCP connect() to a port list.
-LANDLOCK_TCP_ABI: Final = 4
 #: Bytes of bwrap's stderr kept for the diagnosis.
 MAX_STDERR: Final = 4096
 
@@ -285,9 +284,9 @@ def _not_working(name: str, caps: Capabilities) -> str | None:
 
 def _landlock_missing(spec: SandboxSpec, caps: Capabilities) -> dict[str, str]:
     """What Landlock (with seccomp) cannot enforce of `spec`'s network here."""
-    tcp = caps.landlock_abi >= LANDLOCK_TCP_ABI
-    if spec.network is False and not (caps.seccomp or tcp):
-        return {"network": "network = false needs seccomp or Landlock ABI 4 (Linux 6.7); or install bubblewrap"}
+    tcp = caps.landlock_abi >= TCP_ABI
+    if spec.network is False and not caps.seccomp:  # Landlock's TCP rules alone leave UDP open
+        return {"network": "network = false needs seccomp (Linux on x86-64 or aarch64); or install bubblewrap"}
     if isinstance(spec.network, tuple) and not (tcp and caps.seccomp):
         return {"network": "a host list needs Landlock ABI 4 (Linux 6.7) and seccomp; or install bubblewrap"}
     if isinstance(spec.network, tuple):

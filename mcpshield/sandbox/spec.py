@@ -85,5 +85,16 @@ class InnerPlan:
     required: tuple[str, ...] = field(default=())
 
 
+def inside(path: str, folder: str) -> bool:
+    """Whether the absolute, normalised `path` is `folder` or lies beneath it (everything lies
+    beneath `/`)."""
+    return folder in ("/", path) or path.startswith(folder.rstrip("/") + "/")
+
+
+#: The dimensions a sandbox restricts, as `missing` and the launcher's `required` name them.
+DIMENSIONS: Final = ("filesystem", "network", "limits")
+#: Where bubblewrap mounts a tmpfs of the sandbox's own: the host's /tmp is not visible there.
+PRIVATE_TMP: Final = "/tmp"  # noqa: S108 - a mount point named, not a file made there
+
 #: The environment variable carrying the InnerPlan as JSON.
 INNER_PLAN_ENV: Final = "MCPSHIELD_SANDBOX_PLAN"
