@@ -70,7 +70,7 @@ def run_server(config: RunConfig) -> int:
 
         relay = Relay(child, config.policy, redactor=config.redactor, trail=trail, approvals=config.approvals)
         try:
-            main = relay.run if sandbox is None or sandbox.egress is None else _with_egress(relay, sandbox, log)
+            main = relay.run if sandbox is None or sandbox.egress is None else _with_egress(relay, sandbox, log, trail)
             status = anyio.run(main, backend="asyncio", backend_options=_loop_options())
             why = relay.why_ended
             if sandbox is not None and sandbox.hint and status:
@@ -121,8 +121,11 @@ def _open_log(config: RunConfig) -> AuditLog | None:
     return log
 
 
-def _with_egress(relay: Relay, sandbox: SandboxedLaunch, log: AuditLog | None) -> Callable[[], Awaitable[int]]:
-    """The relay's run with the egress proxy served beside it, its decisions in the audit log."""
+def _with_egress(
+    relay: Relay, sandbox: SandboxedLaunch, log: AuditLog | None, trail: AuditTrail | None
+) -> Callable[[], Awaitable[int]]:
+    """The relay's run with the egress proxy served beside it, its decisions in the audit log
+    (and, as for calls, none allowed while the log cannot be written and the profile says stop)."""
     import anyio
 
     from mcpshield.sandbox.proxy import EgressProxy, ProxyDecision
@@ -139,7 +142,8 @@ def _with_egress(relay: Relay, sandbox: SandboxedLaunch, log: AuditLog | None) -
         sys.stderr.write(f"mcpshield: egress proxy: {line}\n")
 
     async def main() -> int:
-        proxy = EgressProxy(egress.allow, egress.deny, record, on_error=report)
+        stopped = (lambda: trail.stops_calls) if trail is not None else None
+        proxy = EgressProxy(egress.allow, egress.deny, record, on_error=report, stopped=stopped)
         async with anyio.create_task_group() as tg:
             tg.start_soon(proxy.serve, egress.sock)
             status = await relay.run()

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import stat
+import struct
 import tempfile
 import threading
 import urllib.request
@@ -166,6 +167,7 @@ async def running(
     folder: Path | None = None,
     limits: ProxyLimits = ProxyLimits(),  # noqa: B008 -- frozen
     on_decision: Callable[[ProxyDecision], None] | None = None,
+    stopped: Callable[[], str | None] | None = None,
 ) -> AsyncIterator[Running]:
     decisions: list[ProxyDecision] = []
     errors: list[str] = []
@@ -193,7 +195,9 @@ async def running(
             async with stream:
                 yield stream
 
-    proxy = EgressProxy(allow, deny, on_decision or decisions.append, on_error=errors.append, limits=limits)
+    proxy = EgressProxy(
+        allow, deny, on_decision or decisions.append, on_error=errors.append, limits=limits, stopped=stopped
+    )
     # serve takes an anyio listener or the bound socket itself: the Unix one goes as a listener
     listener = await SocketListener.from_socket(sock) if via == "unix" else None
     async with anyio.create_task_group() as tg:
@@ -292,6 +296,44 @@ async def test_a_name_that_resolves_to_a_denied_address_is_refused(private_dir: 
         answer = await ask(proxy, connect_to("localhost", port))
     assert status_of(answer) == 403
     assert "resolves to" in proxy.decisions[0].reason
+
+
+async def test_the_unspecified_address_which_reaches_this_machine_is_refused_even_under_star(private_dir: Path) -> None:
+    async with echo_server() as port, running(("*",), folder=private_dir) as proxy:
+        answer = await ask(proxy, connect_to("0.0.0.0", port))  # noqa: S104 - the address under test
+    assert status_of(answer) == 403
+    assert "this machine" in proxy.decisions[0].reason
+
+
+def test_a_name_that_resolves_to_loopback_is_refused_unless_it_is_localhost_or_a_listed_address() -> None:
+    proxy = EgressProxy(("*.example.com", "localhost"), ())
+    with pytest.raises(Exception, match="this machine"):
+        proxy._undenied("rebound.example.com", ["127.0.0.1"])
+    assert proxy._undenied("rebound.example.com", ["127.0.0.1", "93.184.215.14"]) == ["93.184.215.14"]
+    assert proxy._undenied("localhost", ["127.0.0.1", "::1"]) == ["127.0.0.1", "::1"]
+    assert EgressProxy(("*.example.com", "127.0.0.0/8"), ())._undenied("a.example.com", ["127.0.0.1"]) == ["127.0.0.1"]
+
+
+async def test_while_the_audit_log_cannot_be_written_every_request_is_refused(private_dir: Path) -> None:
+    why: list[str] = []
+    async with (
+        echo_server() as port,
+        running(("localhost",), folder=private_dir, stopped=lambda: next(iter(why), None)) as proxy,
+    ):
+        assert status_of(await ask(proxy, connect_to("localhost", port))) == 200
+        why.append("disk full")
+        answer = await ask(proxy, connect_to("localhost", port))
+    assert status_of(answer) == 503 and b"audit log" in answer
+    assert (proxy.decisions[-1].allowed, proxy.decisions[-1].status) == (False, 503)
+
+
+async def test_clients_that_reset_before_they_are_served_never_stop_the_proxy() -> None:
+    async with echo_server() as port, running(("localhost",), via="tcp") as proxy:
+        for _ in range(100):
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=EXCHANGE_TIMEOUT_S) as rude:
+                rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        answer = await ask(proxy, connect_to("localhost", port) + b"ping")
+    assert status_of(answer) == 200 and answer.endswith(b"ping")
 
 
 async def test_an_ip_literal_is_refused_unless_a_range_allows_it(private_dir: Path) -> None:

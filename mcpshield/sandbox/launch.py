@@ -231,23 +231,17 @@ def _egress(spec: SandboxSpec, backend: str) -> EgressPlan | None:
     bubblewrap's namespace, else a loopback TCP port (the only one Landlock lets it reach)."""
     if isinstance(spec.network, bool) or backend == "none":
         return None
+    from mcpshield.sandbox.proxy import bind_tcp, bind_unix
+
     if backend == "bubblewrap":
         folder = tempfile.mkdtemp(prefix="mcpshield-egress-")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            path = os.path.join(folder, "proxy.sock")
-            sock.bind(path)
-            os.chmod(path, 0o600)
-            sock.listen(64)
-        except OSError:
-            sock.close()
+            sock = bind_unix(Path(folder) / "proxy.sock")
+        except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return EgressPlan(sock, spec.network, spec.network_deny, folder)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    return EgressPlan(sock, spec.network, spec.network_deny)
+    return EgressPlan(bind_tcp(), spec.network, spec.network_deny)
 
 
 def _proxy_env(env: dict[str, str], egress: EgressPlan) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import os
 import socket
 import stat
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 
 from mcpshield.errors import SandboxError
-from mcpshield.policy.hosts import HostSet, canonical_host, url_host
+from mcpshield.policy.hosts import HostSet, canonical_host, host_readings, url_host
 
 # anyio's stream classes and the wire format (httphead) are imported where a connection needs
 # them: start-up stays cheap, and a server that never connects never loads them.
@@ -55,6 +56,8 @@ ACCEPT_RETRY_S: Final = 0.1
 #: The proxy's Unix socket: only its owner connects (its folder is private too).
 SOCKET_MODE: Final = 0o600
 #: The peer went away or broke the connection: that connection ends, nothing else does.
+#: 0.0.0.0/8, "this network": a connection to it reaches this machine, as does `::`.
+_THIS_NETWORK: Final = ipaddress.ip_network("0.0.0.0/8")
 _GONE: Final = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 
@@ -131,13 +134,17 @@ class EgressProxy:
         *,
         on_error: Callable[[str], None] | None = None,
         limits: ProxyLimits = ProxyLimits(),  # frozen: one default shared safely
+        stopped: Callable[[], str | None] | None = None,
     ) -> None:
-        """Raises ValueError for an entry a profile could not hold (`check_host_entry`)."""
+        """Raises ValueError for an entry a profile could not hold (`check_host_entry`). While
+        `stopped` gives a reason (the audit log cannot be written and the profile says stop),
+        every request is refused with 503."""
         self._allow = HostSet(allow)
         self._deny = HostSet(deny)
         self._on_decision = on_decision
         self._on_error = on_error
         self._limits = limits
+        self._stopped = stopped
         self._active = 0
 
     async def serve(self, listener: SocketListener | socket.socket) -> None:
@@ -165,7 +172,10 @@ class EgressProxy:
                 failing = False
                 try:
                     client = await _stream(conn)
-                except BaseException:  # cancelled, or the loop refused it: the socket is ours to close
+                except Exception:  # reset before it was wrapped (not connected any more): drop it
+                    conn.close()
+                    continue
+                except BaseException:  # cancelled: the socket is ours to close
                     conn.close()
                     raise
                 if self._active >= self._limits.max_connections:
@@ -291,6 +301,9 @@ class EgressProxy:
         if host is None:
             raise _Answer(403, f"{seen.host or 'the host'} could be read as more than one host")
         seen.host = host
+        why = self._stopped() if self._stopped is not None else None
+        if why is not None:
+            raise _Answer(503, f"mcpshield refuses egress: the audit log cannot be written ({why})")
         if self._deny.matches_some_reading(host):
             raise _Answer(403, f"{host} is listed in [sandbox] network_deny")
         if not self._allow.matches_every_reading(host):
@@ -319,10 +332,27 @@ class EgressProxy:
         denied: list[str] = []
         for address in dict.fromkeys(addresses):
             canonical = ipaddress.ip_address(address.partition("%")[0]).compressed
-            (denied if self._deny.matches_some_reading(canonical) else kept).append(address)
+            refused = self._deny.matches_some_reading(canonical) or self._reaches_this_machine(host, canonical)
+            (denied if refused else kept).append(address)
         if denied and not kept:
-            raise _Answer(403, f"{host} resolves to {denied[0]}, which [sandbox] network_deny lists")
+            raise _Answer(
+                403,
+                f"{host} resolves to {denied[0]}, which [sandbox] network_deny lists or which is this machine "
+                "(only `localhost` or a loopback address listed in [sandbox] network reaches it)",
+            )
         return kept
+
+    def _reaches_this_machine(self, host: str, address: str) -> bool:
+        """Whether `address` is this machine (loopback, or 0.0.0.0 and `::`, which connect there)
+        while the profile did not allow it as such: a name of an allowed domain must not lead
+        to the services on the machine outside the sandbox."""
+        import ipaddress
+
+        readings = [ipaddress.ip_address(reading) for reading in host_readings(address)]
+        if any(ip.is_unspecified or ip in _THIS_NETWORK for ip in readings):
+            return True
+        loopback = any(ip.is_loopback for ip in readings)
+        return loopback and host != "localhost" and not self._allow.matches_every_reading(address)
 
     async def _both_ways(self, up: Callable[[], Awaitable[None]], down: Callable[[], Awaitable[None]]) -> None:
         """Runs both directions of a connection; once one has finished (or failed), the other
