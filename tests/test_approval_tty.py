@@ -18,6 +18,8 @@ from typing import Any, Final
 import pytest
 from conftest import ROOT, LineClient, environ_with, fake_argv
 
+from mcpshield.approval.tty import plain_keys
+
 #: Bound on the prompt (or a line after a key) showing on the terminal.
 SCREEN_TIMEOUT_S: Final = 15.0
 JSON = dict[str, Any]
@@ -140,6 +142,8 @@ def test_d_denies_and_s_approves_for_the_session(tmp_path: Path, terminal: Termi
     client.call(2, "write_file", {"path": str(target), "content": "no"})
     terminal.shows("o: approve once")
     terminal.type("x")  # not a decision: nothing happens
+    terminal.type("\x1bOP\x1b[D\x1bo")  # F1, left, Alt-o, which hold O, D, o: nothing either
+    terminal.type("D")  # capitals decide nothing
     terminal.type("d")
     assert _text(client.answer_for(2)) == "mcpshield refused this call: the user denied write_file at the terminal"
     assert not target.exists()
@@ -172,3 +176,7 @@ def test_without_a_terminal_the_run_says_so_once_and_refuses(tmp_path: Path, sto
         assert "no approver is available" in _text(client.answer_for(request_id))
     stderr = client.wait_stderr(b"--tty: cannot open /dev/tty")
     assert stderr.count(b"--tty:") == 1
+
+
+def test_escape_sequences_never_pass_for_the_letters_inside_them() -> None:
+    assert plain_keys(b"\x1bOP\x1b[D\x1b[1;5Ao\x1bdx") == "ox"

@@ -280,3 +280,18 @@ async def test_a_timed_out_request_stays_marked_late_and_o_approves_its_retry(tm
             await late.wait()
         assert box[0].decision == "once"
         await pane.shows("approved once, late: the same call runs when the model makes it again", "nothing waiting")
+
+
+async def test_a_key_meant_for_a_request_that_went_away_decides_no_other(tmux: str, place: Path) -> None:
+    async with approver_in_tmux(tmux, place) as pane, wrapper(place) as link:
+        first_done, _ = await outcome_of(link, replace(write_file(path="/tmp/first"), timeout_s=1.0))
+        await pane.shows('"path": "/tmp/first"')  # shown and selected: the only one
+        second_done, second = await outcome_of(link, write_file(path="/tmp/second"))
+        await pane.shows("nothing is selected now")  # the first timed out while selected
+        assert first_done.is_set()
+        await pane.keys("o")  # meant for the first: decides nothing
+        await pane.keys("j")
+        await pane.shows('"path": "/tmp/second"')
+        assert not second_done.is_set()
+        await pane.keys("o")
+        assert (await settled(second_done, second)).decision == "once"

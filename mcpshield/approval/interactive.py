@@ -134,7 +134,11 @@ class Console:
         self.done = anyio.Event()
         self._where = where
         self._waiting: dict[str, _Waiting] = {}
-        self._selected = 0
+        #: The request the keys decide, by id: never a list position, which shifts when a request
+        #: above it goes away. None: nothing selected (decision keys do nothing until j/k).
+        self._selected_id: str | None = None
+        #: The request this person just decided: when it goes, the selection moves to its neighbour.
+        self._decided_here: str | None = None
         self._scroll = 0
         self._status = ""
         self._mode: Mode = "list"
@@ -145,6 +149,8 @@ class Console:
 
     def pending(self, request: Request, hello: Hello) -> None:
         self._waiting[request.id] = _Waiting(request, hello, time.monotonic())
+        if len(self._waiting) == 1:  # the only one, shown as it arrives
+            self._selected_id = request.id
         with contextlib.suppress(curses.error):
             curses.beep()
         if self.notifier is not None:
@@ -163,14 +169,16 @@ class Console:
             self._forget(request_id)
             if late:
                 said = f"{said}, late: the same call runs when the model makes it again"
-        self._status = f"{visible(item.request.tool)} ({visible(item.hello.server)}): {said}"
+        self._status = f"{visible(item.request.tool)} ({visible(item.hello.server)}): {said}{self._unselected()}"
         self.draw()
 
     def gone(self, request_id: str) -> None:
         item = self._waiting.get(request_id)
         if item is not None:
             self._forget(request_id)
-            self._status = f"{visible(item.request.tool)}: no longer decidable (its late window ended)"
+            self._status = (
+                f"{visible(item.request.tool)}: no longer decidable (its late window ended){self._unselected()}"
+            )
             self.draw()
 
     def remembered(self, request_id: str, file: str | None, error: str | None) -> None:
@@ -179,11 +187,18 @@ class Console:
         self.draw()
 
     def _forget(self, request_id: str) -> None:
+        ids = list(self._waiting)
+        position = ids.index(request_id) if request_id in ids else 0
         self._waiting.pop(request_id, None)
         if request_id == self._target:
             self._mode, self._target = "list", None
-        self._selected = min(self._selected, max(len(self._waiting) - 1, 0))
-        self._scroll = 0
+        if request_id == self._selected_id:
+            # Decided here: on to the next one, as the person expects. Gone by itself (timed out,
+            # cancelled, decided elsewhere): nothing, so that a key meant for it decides nothing else.
+            rest = list(self._waiting)
+            mine = request_id == self._decided_here and rest
+            self._selected_id = rest[min(position, len(rest) - 1)] if mine else None
+            self._scroll = 0
 
     def report(self, text: str) -> None:
         self._status = visible(text)
@@ -199,9 +214,7 @@ class Console:
         elif key == "q":
             self.done.set()
         elif key in ("j", curses.KEY_DOWN, "k", curses.KEY_UP):
-            step = 1 if key in ("j", curses.KEY_DOWN) else -1
-            self._selected = max(0, min(self._selected + step, len(self._waiting) - 1))
-            self._scroll = 0
+            self._move(1 if key in ("j", curses.KEY_DOWN) else -1)
         elif key in (curses.KEY_NPAGE, " ", curses.KEY_PPAGE):
             page = max(self.screen.getmaxyx()[0] // 2, 1)
             self._scroll = max(0, self._scroll + (-page if key == curses.KEY_PPAGE else page))
@@ -236,11 +249,29 @@ class Console:
         elif isinstance(key, str) and key.isprintable() and len(self._reason) < MAX_REASON_CHARS:
             self._reason += key
 
-    def _chosen(self) -> str | None:
+    def _unselected(self) -> str:
+        """Said when the selected request went away by itself and others wait."""
+        return " - nothing is selected now: j/k to choose" if self._selected_id is None and self._waiting else ""
+
+    def _move(self, step: int) -> None:
         ids = list(self._waiting)
-        return ids[self._selected] if ids else None
+        if not ids:
+            return
+        now = ids.index(self._selected_id) if self._selected_id in ids else (-1 if step > 0 else len(ids))
+        self._selected_id = ids[max(0, min(now + step, len(ids) - 1))]
+        self._scroll = 0
+
+    def _chosen(self) -> str | None:
+        return self._selected_id if self._selected_id in self._waiting else None
+
+    @property
+    def _selected(self) -> int:
+        """The selected request's row (-1: none)."""
+        ids = list(self._waiting)
+        return ids.index(self._selected_id) if self._selected_id in ids else -1
 
     def _decide(self, request_id: str, choice: Choice, reason: str | None) -> None:
+        self._decided_here = request_id
         if self.server is not None and not self.server.decide(request_id, choice, reason):
             self._status = "that request is no longer waiting"
 
@@ -263,21 +294,23 @@ class Console:
         self._put(0, f"mcpshield approvals: {len(items)} waiting; listening on {visible(str(self._where))}", cols)
         self._put(1, f"  {'age':>6}  {'tool':<24}  {'client':<14}  server", cols, curses.A_BOLD)
         height = max(3, (rows - 6) // 3)
-        first = max(0, self._selected - height + 1)
+        selected = self._selected
+        first = max(0, selected - height + 1)
         now = time.monotonic()
         for row, index in enumerate(range(first, min(first + height, len(items))), start=2):
             item = items[index]
             tool, client = fit(visible(item.request.tool), 24), fit(visible(item.hello.client or "?"), 14)
             age = "late" if item.late_until is not None else _age(now - item.since)
-            line = f"{'>' if index == self._selected else ' '} {age:>6}  {tool:<24}  {client:<14}  "
+            line = f"{'>' if index == selected else ' '} {age:>6}  {tool:<24}  {client:<14}  "
             line = fit(line + visible(item.hello.server), cols - 1)
-            self._put(row, line, cols, curses.A_REVERSE if index == self._selected else curses.A_NORMAL)
+            self._put(row, line, cols, curses.A_REVERSE if index == selected else curses.A_NORMAL)
         if not items:
             self._put(2, "  (nothing waiting)", cols)
         top, bottom = 2 + height, rows - 2
-        lines = [] if not items else detail(items[self._selected])
-        if self._mode == "confirm" and self._target in self._waiting:
-            lines = confirmation(self._waiting[self._target].request) + lines
+        lines = detail(items[selected]) if selected >= 0 else []
+        if self._mode == "confirm" and self._target in self._waiting:  # the target's own details
+            target = self._waiting[self._target]
+            lines = confirmation(target.request) + detail(target)
         body = [part for line in lines for part in wrap(line, cols - 1)]
         self._scroll = min(self._scroll, max(len(body) - (bottom - top - 1), 0))
         shown = body[self._scroll : self._scroll + bottom - top - 1]

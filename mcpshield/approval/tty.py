@@ -160,14 +160,12 @@ class TtyChannel:
         if not data:
             self._fail(f"{self._path} was closed")
             return
-        for key in data.decode("ascii", "replace"):
-            decision = _KEYS.get(key.lower())
-            if decision is not None and self._shown is not None:
-                item = self._shown
-                self._settle(_SAID[decision])
-                item.on_outcome(Outcome(decision, None, self._uid, channel="tty"))
-                self._next()
-                return
+        decision = next((_KEYS[key] for key in plain_keys(data) if key in _KEYS), None)
+        if decision is not None and self._shown is not None:
+            item = self._shown
+            self._settle(_SAID[decision])
+            item.on_outcome(Outcome(decision, None, self._uid, channel="tty"))
+            self._next()
 
     def _settle(self, said: str) -> None:
         """Ends the prompt shown: the terminal's own mode back, and what became of the call."""
@@ -203,3 +201,25 @@ class TtyChannel:
         while data:
             written = os.write(self._fd, data)
             data = data[written:]
+
+
+def plain_keys(data: bytes) -> str:
+    """The keys typed, without escape sequences: F1 is ESC O P, an arrow ESC [ D, Alt-o ESC o,
+    and none of them may pass for the letter inside it."""
+    keys: list[str] = []
+    text = data.decode("ascii", "replace")
+    i = 0
+    while i < len(text):
+        if text[i] != "\x1b":
+            keys.append(text[i])
+            i += 1
+            continue
+        i += 1  # ESC, then: [ parameters final (CSI), O and one key (SS3), or one key (Alt)
+        if i < len(text) and text[i] == "[":
+            i += 1
+            while i < len(text) and not "\x40" <= text[i] <= "\x7e":
+                i += 1
+        elif i < len(text) and text[i] == "O":
+            i += 1
+        i += 1
+    return "".join(keys)
