@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,3 +257,31 @@ def test_a_read_only_profile_is_no_target(tmp_path: Path) -> None:
     profile.write_text(USER_PROFILE)
     profile.chmod(0o444)  # made read-only on purpose: left alone, even where root could write it
     assert target_for(load_file(profile)) is None
+
+
+def test_somebody_elses_profile_is_no_target(tmp_path: Path) -> None:
+    from mcpshield.approval.remember import target_for
+    from mcpshield.profile.load import load_file
+
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    profile = tmp_path / "p.toml"
+    profile.write_text(USER_PROFILE)
+    os.chown(profile, 65534, 65534)  # nobody's, and writable by root all the same
+    assert target_for(load_file(profile)) is None
+
+
+def test_a_link_into_the_shipped_profiles_is_never_written_through(tmp_path: Path) -> None:
+    shipped = shipped_profiles_dir() / "time.toml"
+    before = hashlib.sha256(shipped.read_bytes()).hexdigest()
+    link = tmp_path / "time.toml"
+    link.symlink_to(shipped)
+    with pytest.raises(ApprovalError, match="shipped profile"):
+        _rule(link)
+    assert hashlib.sha256(shipped.read_bytes()).hexdigest() == before
+
+
+def test_a_users_profile_gone_during_the_session_is_not_made_anew(tmp_path: Path) -> None:
+    with pytest.raises(ApprovalError, match="is gone"):
+        _rule(tmp_path / "gone.toml")
+    assert not (tmp_path / "gone.toml").exists()

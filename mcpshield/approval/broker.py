@@ -385,6 +385,8 @@ class Broker:
         approval = self._approval(pending, outcome, channel)
         request = pending.request
         if outcome.decision not in ("once", "session", "always"):
+            if outcome.decision == "deny":  # a late approval of the same call is withdrawn with it
+                self._granted.late.pop(pending.key, None)
             if channel == "elicitation":
                 reason = wording.declined(request)
             else:

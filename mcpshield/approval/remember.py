@@ -61,10 +61,12 @@ def target_for(loaded: LoadedProfile) -> AlwaysTarget | None:
     if _inside(source, shipped_profiles_dir()):
         return AlwaysTarget(user_profiles_dir() / source.name, source.stem, loaded.profile.server.match)
     try:
-        writable = os.access(source, os.W_OK) and bool(source.stat().st_mode & stat.S_IWUSR)
+        info = source.stat()
+        writable = os.access(source, os.W_OK) and bool(info.st_mode & stat.S_IWUSR) and info.st_uid == os.geteuid()
     except OSError:
         writable = False
-    return AlwaysTarget(source) if writable else None  # a file made read-only is left alone, even by root
+    # A file made read-only, or somebody else's, is left alone, even by root.
+    return AlwaysTarget(source) if writable else None
 
 
 async def remember(target: AlwaysTarget | None, request: Request, approver_uid: int | None) -> dict[str, Any]:
@@ -77,6 +79,8 @@ async def remember(target: AlwaysTarget | None, request: Request, approver_uid: 
         path = await anyio.to_thread.run_sync(write_rule, *args)
     except ApprovalError as exc:
         return {"file": str(target.file), "error": f"{exc} (Tip: {exc.tip})"}
+    except Exception as exc:
+        return {"file": str(target.file), "error": f"{type(exc).__name__}: {exc}"}
     return {"file": str(path), "written": True}
 
 
@@ -84,8 +88,17 @@ def write_rule(target: AlwaysTarget, tool: str, digest: str, arguments: Any, app
     """Appends the rule for (tool, digest) to the target's file and returns the file written
     (the one a symbolic link points to); nothing is written when the rule is there already.
     ApprovalError says why the file cannot take it."""
+    from mcpshield.profile.load import shipped_profiles_dir
+
     if target.file.exists():
         path = Path(os.path.realpath(target.file))
+        if _inside(path, shipped_profiles_dir()):
+            raise ApprovalError(
+                f"{target.file} leads to a shipped profile, which mcpshield never writes",
+                "make the user's profile a file of its own (extends = NAME), not a link",
+            )
+    elif target.extends is None:  # the user's own profile went away during the session
+        raise ApprovalError(f"{target.file} is gone", "restore the profile, then approve again")
     else:
         path = target.file
         with _failing(path, "cannot create its directory"):
