@@ -71,6 +71,12 @@ def test_landlock_without_tcp_rules_cannot_enforce_a_host_list() -> None:
     assert "ABI 4" in choose(HOSTS, old).missing["network"]
 
 
+def test_landlock_before_abi_3_cannot_keep_files_from_being_emptied_so_the_filesystem_is_missing() -> None:
+    old = replace(NO_BWRAP, landlock_abi=2)
+    assert choose(ONLINE, old).backend == "landlock"
+    assert dict(choose(ONLINE, old).missing) == {"filesystem": probe.FIX_TRUNCATE}
+
+
 def test_landlock_without_seccomp_or_tcp_rules_cannot_enforce_network_false() -> None:
     bare = replace(NO_BWRAP, landlock_abi=3, seccomp=False)
     choice = choose(OFFLINE, bare)

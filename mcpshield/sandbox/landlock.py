@@ -46,6 +46,8 @@ SCOPE_ABSTRACT_UNIX_SOCKET: Final = 1 << 0  # ABI 6
 SCOPE_SIGNAL: Final = 1 << 1  # ABI 6
 
 #: The first ABI with TCP rules (Linux 6.7) and with scoping (Linux 6.12).
+#: The ABI from which truncate(2) is governed (Linux 6.2).
+TRUNCATE_ABI: Final = 3
 TCP_ABI: Final = 4
 SCOPE_ABI: Final = 6
 #: Bound on the rules one restriction adds: expanding the ancestors of denied paths lists
@@ -107,7 +109,7 @@ def fs_rights(abi: int) -> int:
     rights = _FS_ABI1
     if abi >= 2:
         rights |= FS_REFER
-    if abi >= 3:
+    if abi >= TRUNCATE_ABI:
         rights |= FS_TRUNCATE
     if abi >= 5:
         rights |= FS_IOCTL_DEV

@@ -19,7 +19,7 @@ from typing import Any, Final, Literal
 from mcpshield import __version__
 from mcpshield.errors import SandboxError
 from mcpshield.sandbox import probecache
-from mcpshield.sandbox.landlock import TCP_ABI
+from mcpshield.sandbox.landlock import TCP_ABI, TRUNCATE_ABI
 from mcpshield.sandbox.spec import SandboxSpec
 
 Backend = Literal["bubblewrap", "landlock", "seatbelt", "none"]
@@ -69,6 +69,11 @@ FIX_PORT_FENCE: Final = (
     "under Landlock a host list is only a port fence (the server could reach any host on the proxy's "
     "port); install bubblewrap for a network namespace, or accept the port fence with "
     'enforcement = "best_effort"'
+)
+#: Before Landlock ABI 3, truncate(2) is not governed: any file the user owns could be emptied.
+FIX_TRUNCATE: Final = (
+    "Landlock before ABI 3 (Linux 6.2) cannot stop a server emptying any file you own (truncate); "
+    "install bubblewrap, or use a newer kernel"
 )
 FIX_WINDOWS: Final = (
     'Windows has no filesystem or network sandbox in mcpshield yet; enforcement = "best_effort" runs '
@@ -283,7 +288,13 @@ def _not_working(name: str, caps: Capabilities) -> str | None:
 
 
 def _landlock_missing(spec: SandboxSpec, caps: Capabilities) -> dict[str, str]:
-    """What Landlock (with seccomp) cannot enforce of `spec`'s network here."""
+    """What Landlock (with seccomp) cannot enforce of `spec` here."""
+    if caps.landlock_abi < TRUNCATE_ABI:
+        return {"filesystem": FIX_TRUNCATE, **_landlock_network_missing(spec, caps)}
+    return _landlock_network_missing(spec, caps)
+
+
+def _landlock_network_missing(spec: SandboxSpec, caps: Capabilities) -> dict[str, str]:
     tcp = caps.landlock_abi >= TCP_ABI
     if spec.network is False and not caps.seccomp:  # Landlock's TCP rules alone leave UDP open
         return {"network": "network = false needs seccomp (Linux on x86-64 or aarch64); or install bubblewrap"}
