@@ -136,6 +136,12 @@ def test_a_tilde_path_in_deny_is_the_home_of_whoever_runs_mcpshield(session: Ses
     assert is_error(answer) and "content of" not in text(answer)
 
 
+def test_mcpshields_own_audit_log_is_hidden_from_the_server(session: Session) -> None:
+    (log,) = (session.work / "logs").rglob("*.jsonl")
+    answer = session.call("read_file", path=str(log))  # readable by the user, not by the server
+    assert is_error(answer) and "session_start" not in text(answer)
+
+
 def test_without_network_a_loopback_server_outside_is_unreachable(session: Session) -> None:
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
