@@ -3,6 +3,7 @@ and injected secrets hidden from both at the one place they leave."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final, Protocol
 
 from mcpshield import jsonrpc
@@ -16,6 +17,9 @@ if TYPE_CHECKING:  # the redactor is imported only when there is something to re
 STDERR_HOLD_BYTES: Final = 64 * 1024
 
 _NL: Final = b"\n"
+#: Characters a terminal acts on or hides (C0 and C1 controls, bidi controls, zero-width and
+#: byte-order marks), escaped in mcpshield's own lines.
+_UNSAFE: Final = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 class Writer(Protocol):
@@ -54,7 +58,9 @@ class Stderr:
             self._partial = b""
 
     def report(self, text: str) -> None:
-        """One line of mcpshield's own, said to the user."""
+        """One line of mcpshield's own, said to the user. What the server named in it (a tool, a
+        host) cannot act on the terminal: controls and bidi or invisible characters are escapes."""
+        text = _UNSAFE.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
         self.write(b"mcpshield: " + text.encode("utf-8", "replace") + _NL)
 
     def write(self, data: bytes) -> None:

@@ -489,6 +489,7 @@ async def test_an_https_url_in_absolute_form_is_answered_400(private_dir: Path) 
         b"GET http://localhost/ HTTP/1.1\r\nX-A : 1\r\n\r\n",
         b"GET http://localhost/ HTTP/1.1\r\nX-A: 1\nX-B: 2\r\n\r\n",
         b"POST http://localhost/ HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST http://localhost/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 5\r\n\r\n",
         b"GET http://localhost/ HTTP/2.0\r\n\r\n",
         b"CONNECT localhost HTTP/1.1\r\n\r\n",
         b"CONNECT ::1:443 HTTP/1.1\r\n\r\n",
@@ -627,7 +628,7 @@ def test_a_relayed_head_never_carries_hop_by_hop_fields_and_keeps_its_framing(li
     try:
         request = httphead.parse_request(head)
     except httphead.HeadError:
-        assert b"\x00" in lines or b" x" in lines
+        assert b"\x00" in lines or b" x" in lines or lines.count(b"Content-Length: 3") > 1
         return
     sent = httphead.upstream_head(request, "example.com", "/").lower().split(b"\r\n")
     assert not [line for line in sent if line.startswith((b"keep-alive", b"proxy-authorization", b"te:"))]

@@ -60,8 +60,14 @@ def parse_request(head: bytes) -> Request:
     if match is None or fields is None:
         raise HeadError("the request head is malformed")
     names = [name for name, _, _ in fields]
-    if names.count("host") > 1 or ("content-length" in names and "transfer-encoding" in names):
-        raise HeadError("the request has two Host fields, or both Content-Length and Transfer-Encoding")
+    if (
+        names.count("host") > 1
+        or names.count("content-length") > 1
+        or ("content-length" in names and "transfer-encoding" in names)
+    ):
+        raise HeadError(
+            "the request has two Host or Content-Length fields, or both Content-Length and Transfer-Encoding"
+        )
     method, target, version = (part.decode("ascii") for part in match.groups())
     return Request(method, target, version, fields)
 
