@@ -231,7 +231,7 @@ class SandboxSection(_Model):
     network_deny: Globs | None = None
     """Hosts the egress proxy refuses even when `network` lists them (checked first, also
     against the addresses a name resolves to); absent: the cloud metadata ranges
-    (169.254.0.0/16, fe80::/10, fd00:ec2::254)."""
+    (169.254.0.0/16, fe80::/10, fd00:ec2::254, 100.100.100.200)."""
     read: Globs | None = None
     """Directories or files the server may read, besides the system directories every program
     needs; absent: the whole filesystem except `deny`."""

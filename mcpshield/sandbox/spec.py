@@ -22,8 +22,8 @@ DEFAULT_DENY: Final = (
 
 
 #: What `network_deny` holds when a profile does not say: the link-local ranges where clouds
-#: serve instance credentials (169.254.169.254, fd00:ec2::254).
-DEFAULT_NETWORK_DENY: Final = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254")
+#: serve instance credentials (169.254.169.254, fd00:ec2::254; Alibaba 100.100.100.200).
+DEFAULT_NETWORK_DENY: Final = ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254", "100.100.100.200")
 
 
 @dataclass(frozen=True, slots=True)
