@@ -93,7 +93,7 @@ def test_a_huge_value_is_refused_before_it_is_parsed(public: Path) -> None:
     value = "file://" + str(public) + "/%41" * 5_000_000  # 15 MB of URI
     started = time.perf_counter()
     assert f"longer than {MAX_PATH_BYTES} bytes" in _unreadable(value)
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 0.3  # parsing 15 MB would take longer on any machine
 
 
 def test_a_path_of_more_components_than_the_cap_is_refused(public: Path) -> None:
@@ -173,7 +173,7 @@ def test_a_big_directory_and_an_adversarial_path_are_judged_quickly(public: Path
     value = str(public) + f"/{NFC_NAME}/.." * (MAX_PATH_COMPONENTS // 2 - 8) + "/new.txt"
     started = time.perf_counter()
     _allow(public).check({"path": value})
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 2.0  # generous: a guard against blow-ups, not a speed target
 
 
 # -- symlinks ---------------------------------------------------------------------------------

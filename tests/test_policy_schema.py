@@ -285,7 +285,7 @@ def test_an_array_of_20000_items_under_unique_items_is_refused_in_well_under_100
     schema, arguments = _compiled(UNIQUE_TAGS), {"tags": _items(kind, 20_000)}
     started = time.perf_counter()
     message = schema.validate(arguments, strict=True)
-    assert time.perf_counter() - started < 0.02
+    assert time.perf_counter() - started < 0.5  # generous: a guard against quadratic work, not a speed target
     assert message is not None and f"more than {MAX_UNIQUE_ITEMS} items" in message and "unique" in message
 
 
@@ -296,7 +296,7 @@ def test_unique_items_up_to_the_bound_is_checked_in_linear_time(kind: str) -> No
     started = time.perf_counter()
     assert schema.validate({"tags": items}, strict=True) is None
     message = schema.validate({"tags": [*items, items[123]]}, strict=True)
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 1.0  # pairwise, this took about 2 s; linear, ~10 ms
     assert message == f"argument tags: items 123 and {len(items)} are equal, and the schema asks for unique items"
 
 
@@ -333,7 +333,7 @@ def test_a_metaschema_unique_items_check_is_linear_too() -> None:
     draft4 = {"$schema": "http://json-schema.org/draft-04/schema#", "enum": [{"id": i} for i in range(20_000)]}
     started = time.perf_counter()
     _compiled(draft4)
-    assert time.perf_counter() - started < 0.5
+    assert time.perf_counter() - started < 2.0  # pairwise would take minutes
     assert "unique" in _problem({**draft4, "enum": [{"id": 1}, {"id": 1}]}).reason
 
 
@@ -341,7 +341,7 @@ def test_thousands_of_wrong_items_are_judged_quickly() -> None:
     schema = _compiled({"properties": {"a": {"type": "array", "items": {"type": "string"}}}})
     started = time.perf_counter()
     message = schema.validate({"a": list(range(20_000))}, strict=True)
-    assert time.perf_counter() - started < 0.1
+    assert time.perf_counter() - started < 1.0  # generous: a guard against one error per item, not a speed target
     assert message is not None and "is not of type 'string'" in message
 
 
